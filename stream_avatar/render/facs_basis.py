@@ -1,0 +1,274 @@
+"""Per-coefficient control-point displacements of the rig, authored from FACS.
+
+Each blendshape moves face-mesh landmarks by a displacement written in face units (the inter-ocular
+distance, IOD) along the face's own axes, so the same table fits any portrait size and roll. The
+values follow the action units named in the comments (AU numbers after Ekman & Friesen's FACS).
+Head pose is not authored here: it is a rigid field over the whole head (see ``precompute``).
+
+All functions take landmarks as (N, 3) float arrays in pixels (x, y, depth) of the MediaPipe
+468/478-point face mesh and return displacements (N, 2) in pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from stream_avatar.motion import rig
+
+# MediaPipe face-mesh index groups, ordered from the image's left to its right.
+UPPER_INNER_LIP = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
+LOWER_INNER_LIP = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
+UPPER_OUTER_LIP = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291)
+LOWER_OUTER_LIP = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291)
+# Points between the outer and inner lip contours (the lips' red).
+UPPER_LIP_BODY = (76, 184, 74, 73, 72, 11, 302, 303, 304, 408, 306,
+                  62, 183, 42, 41, 38, 12, 268, 271, 272, 407, 292)
+LOWER_LIP_BODY = (77, 90, 180, 85, 16, 315, 404, 320, 307, 96, 89, 179, 86, 15, 316, 403, 319, 325)
+# Eye contours of the image-left eye (the subject's right) and image-right eye (the subject's left).
+EYE_IMG_LEFT_UPPER = (33, 246, 161, 160, 159, 158, 157, 173, 133)
+EYE_IMG_LEFT_LOWER = (33, 7, 163, 144, 145, 153, 154, 155, 133)
+EYE_IMG_LEFT_CREASE = (130, 247, 30, 29, 27, 28, 56, 190, 243)
+EYE_IMG_RIGHT_UPPER = (362, 398, 384, 385, 386, 387, 388, 466, 263)
+EYE_IMG_RIGHT_LOWER = (362, 382, 381, 380, 374, 373, 390, 249, 263)
+EYE_IMG_RIGHT_CREASE = (463, 414, 286, 258, 257, 259, 260, 467, 359)
+BROW_IMG_LEFT = (70, 63, 105, 66, 107, 46, 53, 52, 65, 55)  # outer → inner, upper then lower row
+BROW_IMG_RIGHT = (336, 296, 334, 293, 300, 285, 295, 282, 283, 276)  # inner → outer
+FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,
+             148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
+NOSE_WING_IMG_LEFT = (98, 64, 129, 203, 48)
+NOSE_WING_IMG_RIGHT = (327, 294, 358, 423, 278)
+IRIS_IMG_LEFT = 468
+IRIS_IMG_RIGHT = 473
+MESH_POINTS = 468
+
+
+@dataclass(frozen=True)
+class FaceFrame:
+    """The face's own coordinate frame: origin between the eyes, unit = IOD in pixels.
+
+    ``ex`` points from the image-left eye to the image-right eye; ``ey`` is perpendicular, pointing
+    down the face. Both are unit vectors in image pixel axes.
+    """
+
+    origin: np.ndarray  # (2,) px
+    ex: np.ndarray  # (2,)
+    ey: np.ndarray  # (2,)
+    iod: float  # px
+
+    def to_face(self, pts: np.ndarray) -> np.ndarray:
+        """(N, 2) pixel points → (N, 2) face units (u along the eyes, v down the face)."""
+        d = pts[:, :2] - self.origin
+        return np.stack([d @ self.ex, d @ self.ey], axis=1) / self.iod
+
+    def vec(self, u: float, v: float) -> np.ndarray:
+        """A displacement given in face units → pixels (2,)."""
+        return (u * self.ex + v * self.ey) * self.iod
+
+
+def face_frame(landmarks: np.ndarray) -> FaceFrame:
+    """The face frame of a 478-point mesh (irises) or 468-point mesh (eye-contour centres)."""
+    if landmarks.shape[0] > IRIS_IMG_RIGHT:
+        left = landmarks[IRIS_IMG_LEFT, :2]
+        right = landmarks[IRIS_IMG_RIGHT, :2]
+    else:
+        left = landmarks[list(EYE_IMG_LEFT_UPPER + EYE_IMG_LEFT_LOWER), :2].mean(axis=0)
+        right = landmarks[list(EYE_IMG_RIGHT_UPPER + EYE_IMG_RIGHT_LOWER), :2].mean(axis=0)
+    d = right - left
+    iod = float(np.linalg.norm(d))
+    if iod < 1e-3:
+        raise ValueError("degenerate landmarks: the eyes coincide")
+    ex = d / iod
+    ey = np.array([-ex[1], ex[0]])
+    return FaceFrame(origin=(left + right) / 2.0, ex=ex, ey=ey, iod=iod)
+
+
+def _gauss(pts_face: np.ndarray, centre: np.ndarray, sigma: float) -> np.ndarray:
+    d2 = ((pts_face - centre) ** 2).sum(axis=1)
+    return np.exp(-d2 / (2.0 * sigma * sigma))
+
+
+def _smoothstep(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    t = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def _interp_curve(xs: np.ndarray, curve: np.ndarray) -> np.ndarray:
+    """y of a polyline (M, 2) sorted by x, evaluated at xs (clamped at the ends)."""
+    order = np.argsort(curve[:, 0])
+    return np.interp(xs, curve[order, 0], curve[order, 1])
+
+
+def blendshape_displacements(landmarks: np.ndarray) -> np.ndarray:
+    """Displacements of the 468 mesh points for every blendshape at value 1.
+
+    Returns (NUM_BLENDSHAPES, 468, 2) float64 pixels. Head pose rows are not included.
+    """
+    lm = np.asarray(landmarks, dtype=np.float64)
+    fr = face_frame(lm)
+    p = fr.to_face(lm[:MESH_POINTS])  # (468, 2) face units
+    n = MESH_POINTS
+    out = np.zeros((rig.NUM_BLENDSHAPES, n, 2))
+
+    def put(name: str, disp_face: np.ndarray) -> None:
+        """disp_face: (468, 2) in face units."""
+        out[rig.index(name)] = disp_face[:, :1] * fr.ex * fr.iod + disp_face[:, 1:] * fr.ey * fr.iod
+
+    def idx(group: tuple[int, ...]) -> np.ndarray:
+        return np.asarray(group, dtype=np.int64)
+
+    corner_l = p[61]  # image-left mouth corner (subject's right)
+    corner_r = p[291]
+    mouth_c = (p[13] + p[14]) / 2.0
+    seam_v = mouth_c[1]
+    lower_lip = idx(LOWER_INNER_LIP[1:-1] + LOWER_OUTER_LIP[1:-1] + LOWER_LIP_BODY)
+    upper_lip = idx(UPPER_INNER_LIP[1:-1] + UPPER_OUTER_LIP[1:-1] + UPPER_LIP_BODY)
+    corners = idx((61, 291, 78, 308, 62, 292, 76, 306, 77, 307, 96, 325))
+    right_side = p[:, 0] > 0.0  # image-right = subject's left
+
+    # --- jawOpen (AU26/27): the jaw is rigid and rotates about the ear axis. In a frontal view a point
+    # moves down in proportion to how far in front of that axis it lies (its depth), so the chin and
+    # lower lip travel most and the jaw angles near the ears hardly move. Lower lip at jawOpen=1 drops
+    # a third of the IOD (a natural wide-open mouth).
+    ear_depth = (lm[234, 2] + lm[454, 2]) / 2.0
+    depth = np.maximum(ear_depth - lm[:n, 2], 0.0)  # px in front of the ear axis
+    lip_depth = max(float(depth[list(LOWER_INNER_LIP[1:-1])].mean()), 1e-3)
+    w_jaw = _smoothstep(p[:, 1], seam_v + 0.02, seam_v + 0.30)
+    w_jaw[lower_lip] = 1.0
+    w_jaw[upper_lip] = 0.0
+    w_jaw[corners] = 0.45
+    drop = (1.0 / 3.0) * w_jaw * np.clip(depth / lip_depth, 0.0, 1.3)
+    jaw = np.zeros((n, 2))
+    jaw[:, 1] = drop
+    # a wide-open mouth also narrows a little at the corners
+    jaw[:, 0] = -0.04 * w_jaw * np.sign(p[:, 0] - mouth_c[0]) * _gauss(p, mouth_c, 0.45)
+    put("jawOpen", jaw)
+
+    # --- mouthClose (AU24-ish with jaw open): lips meet while the jaw stays open.
+    close = np.zeros((n, 2))
+    g_mouth = _gauss(p, mouth_c, 0.35)
+    close[upper_lip, 1] = (1.0 / 6.0) * g_mouth[upper_lip] / g_mouth[upper_lip].max()
+    close[lower_lip, 1] = -(1.0 / 6.0) * g_mouth[lower_lip] / g_mouth[lower_lip].max()
+    put("mouthClose", close)
+
+    # --- mouthFunnel (AU22): lips flare into an open rounded shape, corners come in.
+    fun = np.zeros((n, 2))
+    g_l = _gauss(p, corner_l, 0.18)
+    g_r = _gauss(p, corner_r, 0.18)
+    fun[:, 0] += 0.10 * g_l - 0.10 * g_r
+    fun[upper_lip, 1] -= 0.05 * g_mouth[upper_lip] / g_mouth[upper_lip].max()
+    fun[lower_lip, 1] += 0.06 * g_mouth[lower_lip] / g_mouth[lower_lip].max()
+    put("mouthFunnel", fun)
+
+    # --- mouthPucker (AU18): lips bunch toward the centre, mouth narrows.
+    puck = np.zeros((n, 2))
+    lips = np.concatenate([upper_lip, lower_lip, corners])
+    g_lips = _gauss(p, mouth_c, 0.40)
+    puck[lips] = (mouth_c - p[lips]) * 0.35 * g_lips[lips, None]
+    puck[:, 0] += 0.14 * g_l - 0.14 * g_r
+    put("mouthPucker", puck)
+
+    # --- lip-corner movers (AU12 smile, AU15 frown, AU20 stretch), one side each.
+    def corner_move(centre: np.ndarray, du: float, dv: float, sigma: float) -> np.ndarray:
+        d = np.zeros((n, 2))
+        g = _gauss(p, centre, sigma)
+        d[:, 0] = du * g
+        d[:, 1] = dv * g
+        return d
+
+    put("mouthSmileLeft", corner_move(corner_r, 0.10, -0.11, 0.20))
+    put("mouthSmileRight", corner_move(corner_l, -0.10, -0.11, 0.20))
+    put("mouthFrownLeft", corner_move(corner_r, 0.02, 0.09, 0.18))
+    put("mouthFrownRight", corner_move(corner_l, -0.02, 0.09, 0.18))
+    put("mouthStretchLeft", corner_move(corner_r, 0.11, 0.03, 0.20))
+    put("mouthStretchRight", corner_move(corner_l, -0.11, 0.03, 0.20))
+
+    # --- mouthRollLower/Upper (AU28): a lip rolls in, its red thins toward the seam.
+    for name, outer, inner in (("mouthRollLower", LOWER_OUTER_LIP, LOWER_INNER_LIP),
+                               ("mouthRollUpper", UPPER_OUTER_LIP, UPPER_INNER_LIP)):
+        roll_d = np.zeros((n, 2))
+        o, i_ = idx(outer[1:-1]), idx(inner[1:-1])
+        roll_d[o] = (p[i_] - p[o]) * 0.6
+        put(name, roll_d)
+
+    # --- mouthPress (AU24): lips press together on one side.
+    for name, side_mask in (("mouthPressLeft", right_side), ("mouthPressRight", ~right_side)):
+        press = np.zeros((n, 2))
+        g = g_mouth * side_mask
+        press[upper_lip, 1] = 0.03 * g[upper_lip]
+        press[lower_lip, 1] = -0.03 * g[lower_lip]
+        put(name, press)
+
+    # --- eyelids: blink (AU45) brings the upper lid down onto the lower lid; wide (AU5) lifts it;
+    # squint (AU7) raises the lower lid.
+    eyes = {
+        "Right": (EYE_IMG_LEFT_UPPER, EYE_IMG_LEFT_LOWER, EYE_IMG_LEFT_CREASE),
+        "Left": (EYE_IMG_RIGHT_UPPER, EYE_IMG_RIGHT_LOWER, EYE_IMG_RIGHT_CREASE),
+    }
+    for side, (upper, lower, crease) in eyes.items():
+        up, lo, cr = idx(upper[1:-1]), idx(lower[1:-1]), idx(crease)
+        lower_curve = p[idx(lower)]
+        gap = _interp_curve(p[up, 0], lower_curve) - p[up, 1]  # > 0: lid opening in face units
+        blink = np.zeros((n, 2))
+        blink[up, 1] = 0.92 * gap
+        blink[lo, 1] = -0.08 * (p[lo, 1] - _interp_curve(p[lo, 0], p[idx(upper)]))
+        blink[cr, 1] = 0.45 * float(gap.mean())
+        put(f"eyeBlink{side}", blink)
+        wide = np.zeros((n, 2))
+        wide[up, 1] = -0.35 * gap.max() * (0.5 + 0.5 * gap / gap.max())
+        wide[cr, 1] = -0.20 * gap.max()
+        wide[lo, 1] = 0.05 * gap.max()
+        put(f"eyeWide{side}", wide)
+        squint = np.zeros((n, 2))
+        squint[lo, 1] = -0.30 * gap.mean()
+        squint[up, 1] = 0.12 * gap
+        put(f"eyeSquint{side}", squint)
+
+    # --- brows: inner raise (AU1), lowerer (AU4), outer raise (AU2). The forehead follows partly.
+    above_eyes = _smoothstep(-p[:, 1], 0.05, 0.25)  # 1 above the eye line, 0 below
+    brow_l, brow_r = idx(BROW_IMG_LEFT), idx(BROW_IMG_RIGHT)
+    inner_l, inner_r = p[[107, 55]].mean(axis=0), p[[336, 285]].mean(axis=0)
+    outer_l, outer_r = p[[70, 46]].mean(axis=0), p[[300, 276]].mean(axis=0)
+    inner_up = np.zeros((n, 2))
+    inner_up[:, 1] = -0.13 * (_gauss(p, inner_l, 0.22) + _gauss(p, inner_r, 0.22)) * above_eyes
+    put("browInnerUp", inner_up)
+    for side, brow, inner, outer, sgn in (("Left", brow_r, inner_r, outer_r, 1.0),
+                                          ("Right", brow_l, inner_l, outer_l, -1.0)):
+        centre = p[brow].mean(axis=0)
+        down = np.zeros((n, 2))
+        g = _gauss(p, centre, 0.30) * above_eyes
+        gi = _gauss(p, inner, 0.20) * above_eyes
+        down[:, 1] = 0.09 * g + 0.03 * gi
+        down[:, 0] = -sgn * 0.06 * gi  # inner ends draw together
+        put(f"browDown{side}", down)
+        out_up = np.zeros((n, 2))
+        out_up[:, 1] = -0.12 * _gauss(p, outer, 0.22) * above_eyes
+        put(f"browOuterUp{side}", out_up)
+
+    # --- cheeks: squint (AU6) lifts the cheek under the eye; puff pushes the cheeks out.
+    for side, eye_lo, corner, sgn in (("Left", EYE_IMG_RIGHT_LOWER, corner_r, 1.0),
+                                      ("Right", EYE_IMG_LEFT_LOWER, corner_l, -1.0)):
+        eye_c = p[idx(eye_lo)].mean(axis=0)
+        cheek_c = eye_c + 0.45 * (corner - eye_c)
+        sq = np.zeros((n, 2))
+        g = _gauss(p, cheek_c, 0.28)
+        sq[:, 1] = -0.07 * g
+        lo = idx(eye_lo[1:-1])
+        sq[lo, 1] += -0.04
+        put(f"cheekSquint{side}", sq)
+        del sgn
+    puff = np.zeros((n, 2))
+    cheek_l = p[61] + np.array([-0.25, -0.10])
+    cheek_r = p[291] + np.array([0.25, -0.10])
+    puff[:, 0] = -0.08 * _gauss(p, cheek_l, 0.25) + 0.08 * _gauss(p, cheek_r, 0.25)
+    put("cheekPuff", puff)
+
+    # --- nose sneer (AU9): the nose wing and upper lip side pull up.
+    for side, wing in (("Left", NOSE_WING_IMG_RIGHT), ("Right", NOSE_WING_IMG_LEFT)):
+        sn = np.zeros((n, 2))
+        c = p[idx(wing)].mean(axis=0)
+        sn[:, 1] = -0.07 * _gauss(p, c, 0.18)
+        put(f"noseSneer{side}", sn)
+
+    return out
