@@ -33,7 +33,7 @@ def _diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_shape_dtype_and_finite(renderer: RendererWrapper) -> None:
     coeffs = np.random.default_rng(0).uniform(0, 1, (3, rig.RIG_SIZE)).astype(np.float32)
-    coeffs[:, rig.NUM_BLENDSHAPES:] = np.random.default_rng(1).uniform(-5, 5, (3, 3))
+    coeffs[:, rig.NUM_BLENDSHAPES :] = np.random.default_rng(1).uniform(-5, 5, (3, 3))
     frames = renderer.render(coeffs)
     assert frames.shape == (3, SIZE, SIZE, 3)
     assert frames.dtype == np.uint8
@@ -66,7 +66,7 @@ def test_every_coefficient_moves_pixels(renderer: RendererWrapper, avatar: Avata
 def test_nothing_moves_outside_the_head_region(renderer: RendererWrapper, avatar: Avatar) -> None:
     rx, ry, rw, rh = renderer.module.roi
     outside = np.ones((SIZE, SIZE), bool)
-    outside[ry:ry + rh, rx:rx + rw] = False
+    outside[ry : ry + rh, rx : rx + rw] = False
     for name in rig.RIG_NAMES:
         value = 10.0 if name in rig.HEAD_POSE else 1.0
         frame = renderer.render(rig.from_dict({name: value}))[0]
@@ -115,16 +115,20 @@ def test_blink_changes_only_the_eye_regions(renderer: RendererWrapper, avatar: A
     for iris in (fb.IRIS_IMG_LEFT, fb.IRIS_IMG_RIGHT):
         cx, cy = avatar.landmarks[iris, :2].astype(int)
         r = max(2, int(0.08 * iod))
-        before = avatar.image[cy - r:cy + r, cx - r:cx + r].mean()
-        after = frame[cy - r:cy + r, cx - r:cx + r].mean()
+        before = avatar.image[cy - r : cy + r, cx - r : cx + r].mean()
+        after = frame[cy - r : cy + r, cx - r : cx + r].mean()
         assert after > before + 15, "the iris is still visible at blink = 1"
 
 
 def test_one_sided_coefficients_move_their_own_side(renderer: RendererWrapper, avatar: Avatar) -> None:
     # "Left" is the subject's left: the image's right half
     mid_x = float(avatar.landmarks[[fb.IRIS_IMG_LEFT, fb.IRIS_IMG_RIGHT], 0].mean())
-    for name, image_right in (("mouthSmileLeft", True), ("mouthSmileRight", False),
-                              ("eyeBlinkLeft", True), ("eyeBlinkRight", False)):
+    for name, image_right in (
+        ("mouthSmileLeft", True),
+        ("mouthSmileRight", False),
+        ("eyeBlinkLeft", True),
+        ("eyeBlinkRight", False),
+    ):
         frame = renderer.render(rig.from_dict({name: 1.0}))[0]
         _, xs = np.nonzero(_diff(frame, avatar.image) > 10)
         right_share = float((xs > mid_x).mean())

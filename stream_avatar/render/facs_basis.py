@@ -23,8 +23,30 @@ LOWER_INNER_LIP = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
 UPPER_OUTER_LIP = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291)
 LOWER_OUTER_LIP = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291)
 # Points between the outer and inner lip contours (the lips' red).
-UPPER_LIP_BODY = (76, 184, 74, 73, 72, 11, 302, 303, 304, 408, 306,
-                  62, 183, 42, 41, 38, 12, 268, 271, 272, 407, 292)
+UPPER_LIP_BODY = (
+    76,
+    184,
+    74,
+    73,
+    72,
+    11,
+    302,
+    303,
+    304,
+    408,
+    306,
+    62,
+    183,
+    42,
+    41,
+    38,
+    12,
+    268,
+    271,
+    272,
+    407,
+    292,
+)
 LOWER_LIP_BODY = (77, 90, 180, 85, 16, 315, 404, 320, 307, 96, 89, 179, 86, 15, 316, 403, 319, 325)
 # Eye contours of the image-left eye (the subject's right) and image-right eye (the subject's left).
 EYE_IMG_LEFT_UPPER = (33, 246, 161, 160, 159, 158, 157, 173, 133)
@@ -35,8 +57,44 @@ EYE_IMG_RIGHT_LOWER = (362, 382, 381, 380, 374, 373, 390, 249, 263)
 EYE_IMG_RIGHT_CREASE = (463, 414, 286, 258, 257, 259, 260, 467, 359)
 BROW_IMG_LEFT = (70, 63, 105, 66, 107, 46, 53, 52, 65, 55)  # outer → inner, upper then lower row
 BROW_IMG_RIGHT = (336, 296, 334, 293, 300, 285, 295, 282, 283, 276)  # inner → outer
-FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,
-             148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
+FACE_OVAL = (
+    10,
+    338,
+    297,
+    332,
+    284,
+    251,
+    389,
+    356,
+    454,
+    323,
+    361,
+    288,
+    397,
+    365,
+    379,
+    378,
+    400,
+    377,
+    152,
+    148,
+    176,
+    149,
+    150,
+    136,
+    172,
+    58,
+    132,
+    93,
+    234,
+    127,
+    162,
+    21,
+    54,
+    103,
+    67,
+    109,
+)
 NOSE_WING_IMG_LEFT = (98, 64, 129, 203, 48)
 NOSE_WING_IMG_RIGHT = (327, 294, 358, 423, 278)
 IRIS_IMG_LEFT = 468
@@ -185,8 +243,10 @@ def blendshape_displacements(landmarks: np.ndarray) -> np.ndarray:
     put("mouthStretchRight", corner_move(corner_l, -0.11, 0.03, 0.20))
 
     # --- mouthRollLower/Upper (AU28): a lip rolls in, its red thins toward the seam.
-    for name, outer, inner in (("mouthRollLower", LOWER_OUTER_LIP, LOWER_INNER_LIP),
-                               ("mouthRollUpper", UPPER_OUTER_LIP, UPPER_INNER_LIP)):
+    for name, outer, inner in (
+        ("mouthRollLower", LOWER_OUTER_LIP, LOWER_INNER_LIP),
+        ("mouthRollUpper", UPPER_OUTER_LIP, UPPER_INNER_LIP),
+    ):
         roll_d = np.zeros((n, 2))
         o, i_ = idx(outer[1:-1]), idx(inner[1:-1])
         roll_d[o] = (p[i_] - p[o]) * 0.6
@@ -233,8 +293,10 @@ def blendshape_displacements(landmarks: np.ndarray) -> np.ndarray:
     inner_up = np.zeros((n, 2))
     inner_up[:, 1] = -0.13 * (_gauss(p, inner_l, 0.22) + _gauss(p, inner_r, 0.22)) * above_eyes
     put("browInnerUp", inner_up)
-    for side, brow, inner, outer, sgn in (("Left", brow_r, inner_r, outer_r, 1.0),
-                                          ("Right", brow_l, inner_l, outer_l, -1.0)):
+    for side, brow, inner, outer, sgn in (
+        ("Left", brow_r, inner_r, outer_r, 1.0),
+        ("Right", brow_l, inner_l, outer_l, -1.0),
+    ):
         centre = p[brow].mean(axis=0)
         down = np.zeros((n, 2))
         g = _gauss(p, centre, 0.30) * above_eyes
@@ -247,8 +309,10 @@ def blendshape_displacements(landmarks: np.ndarray) -> np.ndarray:
         put(f"browOuterUp{side}", out_up)
 
     # --- cheeks: squint (AU6) lifts the cheek under the eye; puff pushes the cheeks out.
-    for side, eye_lo, corner, sgn in (("Left", EYE_IMG_RIGHT_LOWER, corner_r, 1.0),
-                                      ("Right", EYE_IMG_LEFT_LOWER, corner_l, -1.0)):
+    for side, eye_lo, corner, sgn in (
+        ("Left", EYE_IMG_RIGHT_LOWER, corner_r, 1.0),
+        ("Right", EYE_IMG_LEFT_LOWER, corner_l, -1.0),
+    ):
         eye_c = p[idx(eye_lo)].mean(axis=0)
         cheek_c = eye_c + 0.45 * (corner - eye_c)
         sq = np.zeros((n, 2))

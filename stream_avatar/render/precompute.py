@@ -56,9 +56,9 @@ def tps_eval(ctrl: np.ndarray, weights: np.ndarray, query: np.ndarray, chunk: in
     """Evaluate a fitted spline at query points (Q, 2) → (Q, C), in chunks to bound memory."""
     out = np.empty((query.shape[0], weights.shape[1]))
     for i in range(0, query.shape[0], chunk):
-        q = query[i:i + chunk]
+        q = query[i : i + chunk]
         q2 = ((q[:, None, :] - ctrl[None, :, :]) ** 2).sum(-1)
-        out[i:i + chunk] = _tps_kernel(q2) @ weights[:-3] + weights[-3] + q @ weights[-2:]
+        out[i : i + chunk] = _tps_kernel(q2) @ weights[:-3] + weights[-3] + q @ weights[-2:]
     return out
 
 
@@ -160,15 +160,20 @@ def build_avatar_tensors(
     ring2 = face_c + 1.60 * (oval - face_c)
     bx = np.linspace(rx, rx + rw - 1, 9)
     by = np.linspace(ry, ry + rh - 1, 9)
-    border_pts = np.concatenate([
-        np.stack([bx, np.full_like(bx, ry)], 1), np.stack([bx, np.full_like(bx, ry + rh - 1)], 1),
-        np.stack([np.full_like(by, rx), by], 1), np.stack([np.full_like(by, rx + rw - 1), by], 1)])
+    border_pts = np.concatenate(
+        [
+            np.stack([bx, np.full_like(bx, ry)], 1),
+            np.stack([bx, np.full_like(bx, ry + rh - 1)], 1),
+            np.stack([np.full_like(by, rx), by], 1),
+            np.stack([np.full_like(by, rx + rw - 1), by], 1),
+        ]
+    )
     ctrl = np.concatenate([mesh, ring1, ring2, border_pts])
     nb = rig.NUM_BLENDSHAPES
     disp = np.zeros((nb, ctrl.shape[0], 2))
     disp[:, : fb.MESH_POINTS] = disp_mesh
     # skin just outside the face oval follows it part of the way (jaw → under the chin, brows → forehead)
-    disp[:, fb.MESH_POINTS:fb.MESH_POINTS + len(ring_idx)] = 0.40 * disp_mesh[:, ring_idx]
+    disp[:, fb.MESH_POINTS : fb.MESH_POINTS + len(ring_idx)] = 0.40 * disp_mesh[:, ring_idx]
 
     # Solve in face units for conditioning; one fit for all blendshapes (x and y as separate columns).
     ctrl_f = fr.to_face(ctrl)
@@ -218,7 +223,7 @@ def build_avatar_tensors(
         return sample(img.reshape(h, w, 3).astype(np.float32), pts).mean(axis=0)
 
     lip_rgb = mean_rgb(list(fb.UPPER_LIP_BODY + fb.LOWER_LIP_BODY))
-    gap_src = (lm[lo_i, 1] - lm[up_i, 1])
+    gap_src = lm[lo_i, 1] - lm[up_i, 1]
     teeth_rgb = np.array([232.0, 226.0, 214.0])
     if float(gap_src.max()) > 0.04 * iod:  # the photo shows its own mouth interior: take its teeth colour
         import cv2

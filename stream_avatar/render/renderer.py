@@ -84,8 +84,9 @@ class WarpRenderer(nn.Module):
         self.register_buffer("basis", basis.reshape(k, -1), persistent=False)  # (K, 2*gh*gw)
         self.grid_shape = (gh, gw)
         # px → normalised offsets of the low-res grid (align_corners=True: corners are pixel centres)
-        self.register_buffer("lr_scale", torch.tensor([2.0 / max(rw - 1, 1), 2.0 / max(rh - 1, 1)]),
-                             persistent=False)
+        self.register_buffer(
+            "lr_scale", torch.tensor([2.0 / max(rw - 1, 1), 2.0 / max(rh - 1, 1)]), persistent=False
+        )
         self.inv_2step = (0.5 * (gw - 1) / max(rw - 1, 1), 0.5 * (gh - 1) / max(rh - 1, 1))
         ly, lx = torch.meshgrid(torch.linspace(-1, 1, gh), torch.linspace(-1, 1, gw), indexing="ij")
         self.register_buffer("lr_base", torch.stack([lx, ly], -1).unsqueeze(0), persistent=False)
@@ -101,10 +102,12 @@ class WarpRenderer(nn.Module):
         lip = tensors["lip_src"].float()
         self.register_buffer("gap_src", (lip[N_LIP:, 1] - lip[:N_LIP, 1]).clamp(min=0.0), persistent=False)
         mxr, myr, mwr, mhr = self.mouth
-        self.register_buffer("mouth_x", (torch.arange(mwr, dtype=torch.float32) + mxr + rx).view(1, 1, -1),
-                             persistent=False)
-        self.register_buffer("mouth_y", (torch.arange(mhr, dtype=torch.float32) + myr + ry).view(1, -1, 1),
-                             persistent=False)
+        self.register_buffer(
+            "mouth_x", (torch.arange(mwr, dtype=torch.float32) + mxr + rx).view(1, 1, -1), persistent=False
+        )
+        self.register_buffer(
+            "mouth_y", (torch.arange(mhr, dtype=torch.float32) + myr + ry).view(1, -1, 1), persistent=False
+        )
         colours = tensors["colours"].float()
         self.register_buffer("lip_rgb", colours[0].view(1, 3, 1, 1), persistent=False)
         self.register_buffer("teeth_rgb", colours[1].view(1, 3, 1, 1), persistent=False)
@@ -150,11 +153,16 @@ class WarpRenderer(nn.Module):
         s = self.backward_flow(coeffs)
         s_hr = F.interpolate(s, size=(rh, rw), mode="bilinear", align_corners=True)
         grid = self.hr_base - s_hr.permute(0, 2, 3, 1) * self.hr_scale
-        warped = F.grid_sample(self.image_f.expand(b, -1, -1, -1), grid, mode="bilinear",
-                               padding_mode="border", align_corners=True)  # (B, 3, rh, rw)
+        warped = F.grid_sample(
+            self.image_f.expand(b, -1, -1, -1),
+            grid,
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=True,
+        )  # (B, 3, rh, rw)
         warped = self._mouth_interior(coeffs, warped)
         out = self.image_u8.unsqueeze(0).repeat(b, 1, 1, 1)
-        out[:, :, ry:ry + rh, rx:rx + rw] = warped.round().clamp(0.0, 255.0).to(torch.uint8)
+        out[:, :, ry : ry + rh, rx : rx + rw] = warped.round().clamp(0.0, 255.0).to(torch.uint8)
         return out
 
     def _mouth_interior(self, coeffs: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
@@ -181,8 +189,12 @@ class WarpRenderer(nn.Module):
         x_right = torch.maximum(up[:, -1, 0], lo[:, -1, 0]).view(b, 1, 1)
         x = xq
         inside_x = ((x - x_left) / 2.0).clamp(0.0, 1.0) * ((x_right - x) / 2.0).clamp(0.0, 1.0)
-        m = (((y - top) / soft + 0.5).clamp(0.0, 1.0) * ((bottom - y) / soft + 0.5).clamp(0.0, 1.0)
-             * (band / 1.5).clamp(0.0, 1.0) * inside_x)  # (B, R, M)
+        m = (
+            ((y - top) / soft + 0.5).clamp(0.0, 1.0)
+            * ((bottom - y) / soft + 0.5).clamp(0.0, 1.0)
+            * (band / 1.5).clamp(0.0, 1.0)
+            * inside_x
+        )  # (B, R, M)
 
         half_w = ((x_right - x_left) / 2.0).clamp(min=1.0)
         sx = ((x - (x_left + x_right) / 2.0) / half_w).clamp(-1.0, 1.0)  # (B, 1, M) -1..1 across the mouth
@@ -192,21 +204,22 @@ class WarpRenderer(nn.Module):
         cavity = self.lip_rgb * depth_shade
         # tongue hint once the jaw is well open
         tongue_amt = ((gap - 0.16 * iod) / (0.10 * iod)).clamp(0.0, 1.0)
-        tongue = (torch.exp(-(sx / 0.55) ** 2 - ((1.0 - t) / 0.35) ** 2) * tongue_amt).unsqueeze(1)
+        tongue = (torch.exp(-((sx / 0.55) ** 2) - ((1.0 - t) / 0.35) ** 2) * tongue_amt).unsqueeze(1)
         cavity = cavity * (1.0 - tongue) + (self.lip_rgb * (0.45 + 0.2 * t.unsqueeze(1))) * tongue
         # teeth: the upper row shows below the upper lip in proportion to the opening, the lower row later
         half_src3 = half_src.unsqueeze(1)
         # where the photo shows its own upper teeth they already travel with the lip: add none
         own_teeth = (half_src3 / (0.03 * iod)).clamp(0.0, 1.0)
         up_h = torch.minimum(0.45 * gap, torch.full_like(gap, 0.11 * iod)) * (1.0 - own_teeth)
-        lo_h = (torch.minimum(0.30 * (gap - 0.12 * iod), torch.full_like(gap, 0.07 * iod))
-                - half_src3).clamp(min=0.0)
+        lo_h = (torch.minimum(0.30 * (gap - 0.12 * iod), torch.full_like(gap, 0.07 * iod)) - half_src3).clamp(
+            min=0.0
+        )
         up_m = ((top + up_h - y) / soft + 0.5).clamp(0.0, 1.0) * (up_h / 1.0).clamp(0.0, 1.0)
         lo_m = ((y - (bottom - lo_h)) / soft + 0.5).clamp(0.0, 1.0) * (lo_h / 1.0).clamp(0.0, 1.0)
         tooth_w = 0.12 * iod
         d = (x - (x_left + x_right) / 2.0) / tooth_w
         d = (d - torch.round(d)) * tooth_w  # px to the nearest gap between teeth
-        seams = 1.0 - 0.18 * torch.exp(-(d / 0.8) ** 2)
+        seams = 1.0 - 0.18 * torch.exp(-((d / 0.8) ** 2))
         lip_shadow = 0.72 + 0.28 * ((y - top) / 2.0).clamp(0.0, 1.0)
         teeth_shade = (1.0 - 0.5 * sx * sx) * seams
         teeth_up = self.teeth_rgb * (teeth_shade * lip_shadow).unsqueeze(1)
@@ -215,14 +228,19 @@ class WarpRenderer(nn.Module):
         interior = interior * (1.0 - lo_m.unsqueeze(1)) + teeth_lo * lo_m.unsqueeze(1)
 
         mx, my, mw, mh = self.mouth
-        region = warped[:, :, my:my + mh, mx:mx + mw]
+        region = warped[:, :, my : my + mh, mx : mx + mw]
         m4 = m.unsqueeze(1)
         blended = region * (1.0 - m4) + interior * m4
-        return torch.cat([
-            warped[:, :, :my],
-            torch.cat([warped[:, :, my:my + mh, :mx], blended, warped[:, :, my:my + mh, mx + mw:]], dim=3),
-            warped[:, :, my + mh:],
-        ], dim=2)
+        return torch.cat(
+            [
+                warped[:, :, :my],
+                torch.cat(
+                    [warped[:, :, my : my + mh, :mx], blended, warped[:, :, my : my + mh, mx + mw :]], dim=3
+                ),
+                warped[:, :, my + mh :],
+            ],
+            dim=2,
+        )
 
 
 class RendererWrapper:

@@ -1,0 +1,205 @@
+"""The ``stream-avatar`` command line (also ``python -m stream_avatar``).
+
+    stream-avatar enroll IMAGE [--size 512] [--store DIR]          prints the avatar id
+    stream-avatar render --audio WAV --out MP4 [--avatar IMAGE_OR_ID] [--size 512]
+                         [--rig-out RIG.jsonl] [--driver dsp] [--store DIR]
+    stream-avatar run [--text TEXT]                                renders a spoken demo to ./out/demo.mp4
+
+Global options: ``-v`` (info logs; ``-vv`` debug), ``--config FILE`` (TOML, see stream_avatar.config).
+User errors (bad audio, bad image, bad settings, missing files) print one line ``error: ...`` on stderr
+and exit with status 2; tracebacks are only for bugs (and shown for user errors with ``-vv``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stream_avatar.config import Config, ConfigError, load_config
+
+logger = logging.getLogger("stream_avatar.cli")
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+DEMO_TEXT = (
+    "Hello! I am a streaming avatar. I turn speech into lip motion, one frame at a time, "
+    "as the audio arrives."
+)
+DEMO_OUT = Path("out") / "demo.mp4"
+ESPEAK_TIMEOUT_S = 60
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stream-avatar", description="Real-time talking-portrait engine: audio in, talking avatar out."
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info logs, -vv debug")
+    parser.add_argument("--config", metavar="FILE", help="TOML settings (default: $STREAM_AVATAR_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--size", type=int, default=None, help="avatar size in pixels, even (default 512)")
+        p.add_argument("--store", metavar="DIR", default=None, help="avatar store (default: user data dir)")
+
+    def add_render_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--driver", default=None, help="motion driver (default dsp)")
+        p.add_argument("--device", default=None, help="render device: auto, cpu, cuda (default auto)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    enroll = sub.add_parser("enroll", help="enroll a portrait photo; prints the avatar id")
+    enroll.add_argument("image", metavar="IMAGE", help="portrait photo (jpg, png, ...)")
+    add_common(enroll)
+
+    render = sub.add_parser("render", help="render an audio file with an avatar to an MP4")
+    render.add_argument("--audio", required=True, metavar="WAV", help="speech (wav, mp3, m4a, ogg, flac)")
+    render.add_argument("--out", required=True, metavar="MP4", help="output video file")
+    render.add_argument("--avatar", default=None, metavar="IMAGE_OR_ID", help="image or avatar id")
+    render.add_argument("--rig-out", default=None, metavar="RIG.jsonl", help="per-frame rigs as JSONL")
+    add_common(render)
+    add_render_opts(render)
+
+    run = sub.add_parser("run", help="render a spoken demo sentence (espeak-ng) to ./out/demo.mp4")
+    run.add_argument("--text", default=DEMO_TEXT, help="sentence to speak")
+    run.add_argument("--avatar", default=None, metavar="IMAGE_OR_ID", help="image or avatar id")
+    add_common(run)
+    add_render_opts(run)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overrides: dict[str, Any] = {
+        "size": getattr(args, "size", None),
+        "store_dir": getattr(args, "store", None),
+        "avatar": getattr(args, "avatar", None),
+        "driver": getattr(args, "driver", None),
+        "device": getattr(args, "device", None),
+    }
+    return load_config(overrides, config_path=args.config)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
+    from stream_avatar.avatar.store import AvatarStore
+
+    avatar = AvatarStore(cfg.avatar.store_dir).enroll(args.image, size=cfg.avatar.size)
+    print(avatar.id)
+    return 0
+
+
+def _render(audio: Path | str, out: Path, cfg: Config, rig_out: str | None, progress: bool) -> Path:
+    from stream_avatar.offline import render_file
+
+    result = render_file(
+        audio,
+        out,
+        avatar=cfg.avatar.spec,
+        driver_name=cfg.engine.driver,
+        size=cfg.avatar.size,
+        rig_out=rig_out,
+        progress=progress,
+        store_dir=cfg.avatar.store_dir,
+        device=cfg.engine.device,
+        fps=cfg.engine.fps,
+        max_buffer_s=cfg.engine.max_buffer_s,
+    )
+    print(
+        f"rendered {result.frames} frames ({result.duration_s:.2f} s) in {result.wall_s:.1f} s, "
+        f"{result.frames_per_s:.1f} frames/s",
+        file=sys.stderr,
+    )
+    return result.path.resolve()
+
+
+def cmd_render(args: argparse.Namespace, cfg: Config) -> int:
+    path = _render(args.audio, Path(args.out), cfg, args.rig_out, _progress(args))
+    print(path)
+    return 0
+
+
+def synthesize_demo(text: str, wav_path: Path) -> None:
+    """Speak ``text`` into ``wav_path`` (22050 Hz mono WAV) with espeak-ng; UserError if unavailable."""
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise UserError(
+            "espeak-ng is not installed (Debian/Ubuntu: sudo apt-get install espeak-ng; macOS: brew install "
+            "espeak-ng), or render your own speech: stream-avatar render --audio speech.wav --out out.mp4"
+        )
+    try:
+        done = subprocess.run(
+            [exe, "-w", str(wav_path), "--", text],
+            capture_output=True,
+            text=True,
+            timeout=ESPEAK_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UserError(f"espeak-ng failed: {exc}") from None
+    if done.returncode != 0 or not wav_path.is_file() or wav_path.stat().st_size == 0:
+        reason = " ".join(done.stderr.split())[:200] or f"exit status {done.returncode}"
+        raise UserError(f"espeak-ng failed: {reason}")
+
+
+def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
+    # Until the server exists, `run` shows the engine end to end on a spoken sentence.
+    with tempfile.TemporaryDirectory(prefix="stream-avatar-demo-") as tmp:
+        wav = Path(tmp) / "demo.wav"
+        synthesize_demo(args.text, wav)
+        path = _render(wav, DEMO_OUT, cfg, None, _progress(args))
+    print(path)
+    return 0
+
+
+_COMMANDS = {"enroll": cmd_enroll, "render": cmd_render, "run": cmd_run}
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    # Library warnings (e.g. a small face in the photo) are advice to the user: one line each.
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status (0 ok, 2 user error, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # restored on exit by catch_warnings
+            cfg = _config(args)
+            return _COMMANDS[args.command](args, cfg)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (UserError, ConfigError, ValueError, OSError) as exc:
+        # Bad audio (AudioFormatError), bad photo (EnrollmentError), unknown avatar (AvatarStoreError),
+        # bad settings and missing or unwritable files are all ValueError / OSError with clear messages.
+        logger.debug("user error", exc_info=True)
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in message:
+            message = f"{message}: {exc.filename}"
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Typed configuration, built once at the edge and passed down.
+
+Precedence, highest first: command-line flags > ``STREAM_AVATAR_*`` environment variables > a TOML
+file (``--config FILE`` or ``STREAM_AVATAR_CONFIG``) > the defaults below. This is the only module
+that reads ``os.environ``; components receive the frozen dataclasses (or plain values from them).
+
+TOML layout (every key optional)::
+
+    [engine]
+    fps = 25
+    driver = "dsp"
+    max_buffer_s = 2.0
+    device = "auto"          # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
+
+    [avatar]
+    spec = "portrait.jpg"    # an image path or an enrolled avatar id; empty = the default avatar
+    size = 512
+    store_dir = "~/avatars"
+
+    [server]
+    host = "127.0.0.1"
+    port = 8080
+
+Environment variables use the key name: ``STREAM_AVATAR_FPS``, ``STREAM_AVATAR_DRIVER``,
+``STREAM_AVATAR_MAX_BUFFER_S``, ``STREAM_AVATAR_DEVICE``, ``STREAM_AVATAR_AVATAR`` (the spec),
+``STREAM_AVATAR_SIZE``, ``STREAM_AVATAR_STORE_DIR``, ``STREAM_AVATAR_HOST``, ``STREAM_AVATAR_PORT``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: settings files need 3.11's tomllib; flags and env still work
+    tomllib = None  # type: ignore[assignment]
+
+ENV_PREFIX = "STREAM_AVATAR_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, malformed or out of range (one-line message)."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Streaming engine settings.
+
+    fps: video frames per second of audio time (16000 / fps audio samples per frame; must divide 16000).
+    driver: name of the audio-to-motion driver ("dsp").
+    max_buffer_s: live input buffer bound in seconds of audio; beyond it the oldest audio is dropped.
+    device: torch device for rendering; "auto" picks cuda when available, else cpu.
+    """
+
+    fps: int = 25
+    driver: str = "dsp"
+    max_buffer_s: float = 2.0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.fps <= 60 or 16000 % self.fps:
+            raise ConfigError(f"fps must divide 16000 and lie in 1..60, got {self.fps}")
+        if not self.driver:
+            raise ConfigError("driver must not be empty")
+        if not 0.1 <= self.max_buffer_s <= 60.0:
+            raise ConfigError(f"max_buffer_s must lie in 0.1..60 s, got {self.max_buffer_s}")
+        if not self.device:
+            raise ConfigError("device must not be empty")
+
+
+@dataclass(frozen=True)
+class AvatarConfig:
+    """Which avatar to use and where enrolled avatars live.
+
+    spec: image path or enrolled avatar id; None means the shipped default avatar.
+    size: square crop size in pixels (even, for yuv420p video).
+    store_dir: avatar store root; None means the per-user data directory.
+    """
+
+    spec: str | None = None
+    size: int = 512
+    store_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not 64 <= self.size <= 2048 or self.size % 2:
+            raise ConfigError(f"size must be an even number of pixels in 64..2048, got {self.size}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Network settings. Loopback by default: exposing the server is an explicit choice."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"port must lie in 1..65535, got {self.port}")
+        if not self.host:
+            raise ConfigError("host must not be empty")
+
+
+@dataclass(frozen=True)
+class Config:
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    avatar: AvatarConfig = field(default_factory=AvatarConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+
+# Flat key -> (section, field). The flat key is also the env suffix and the CLI override key.
+_KEYS: dict[str, tuple[str, str]] = {
+    "fps": ("engine", "fps"),
+    "driver": ("engine", "driver"),
+    "max_buffer_s": ("engine", "max_buffer_s"),
+    "device": ("engine", "device"),
+    "avatar": ("avatar", "spec"),
+    "size": ("avatar", "size"),
+    "store_dir": ("avatar", "store_dir"),
+    "host": ("server", "host"),
+    "port": ("server", "port"),
+}
+_SECTIONS: dict[str, type[Any]] = {"engine": EngineConfig, "avatar": AvatarConfig, "server": ServerConfig}
+
+
+def _parse(section: str, name: str, value: object, origin: str) -> object:
+    """Coerce one value (string from env, TOML scalar or CLI value) to the field's type."""
+    if section == "avatar" and name == "spec":
+        text = str(value).strip()
+        return text or None
+    if name == "store_dir":
+        text = str(value).strip()
+        return Path(text).expanduser() if text else None
+    kind = {"fps": int, "size": int, "port": int, "max_buffer_s": float}.get(name, str)
+    if kind is str:
+        return str(value).strip()
+    try:
+        if isinstance(value, bool):  # TOML `true` is not a number
+            raise ValueError
+        if kind is float:
+            if isinstance(value, (int, float, str)):
+                return float(value)
+            raise ValueError
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            return int(value.strip())
+        raise ValueError
+    except ValueError:
+        raise ConfigError(f"{origin}: {name} must be {kind.__name__}, got {value!r}") from None
+
+
+def _read_toml(path: Path) -> dict[str, dict[str, object]]:
+    if tomllib is None:
+        raise ConfigError(f"cannot read {path}: TOML settings files need Python 3.11 or newer")
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    out: dict[str, dict[str, object]] = {}
+    for section, values in data.items():
+        if section not in _SECTIONS or not isinstance(values, dict):
+            raise ConfigError(f"{path}: unknown section [{section}] (known: {', '.join(_SECTIONS)})")
+        known = {f.name for f in dataclasses.fields(_SECTIONS[section])}
+        for key, value in values.items():
+            if key not in known:
+                known_keys = ", ".join(sorted(known))
+                raise ConfigError(f"{path}: unknown key {key!r} in [{section}] (known: {known_keys})")
+            out.setdefault(section, {})[key] = _parse(section, key, value, str(path))
+    return out
+
+
+def load_config(
+    overrides: Mapping[str, object] | None = None,
+    config_path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the configuration once.
+
+    overrides: flat keys of ``_KEYS`` (``fps``, ``size``, ``avatar``, ``store_dir``, ``driver``,
+      ``max_buffer_s``, ``device``, ``host``, ``port``) from CLI flags; ``None`` values are ignored
+      (flag not given).
+    config_path: TOML file; if None, ``STREAM_AVATAR_CONFIG`` names one (optional).
+    environ: the environment to read; ``None`` means ``os.environ`` (tests pass a dict).
+
+    Raises ConfigError (a ValueError) with a one-line message on any bad value.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, dict[str, object]] = {name: {} for name in _SECTIONS}
+
+    path = config_path if config_path is not None else env.get(CONFIG_ENV) or None
+    if path is not None:
+        for section, entries in _read_toml(Path(path).expanduser()).items():
+            values[section].update(entries)
+
+    for key, (section, name) in _KEYS.items():
+        raw = env.get(ENV_PREFIX + key.upper())
+        if raw is not None:
+            values[section][name] = _parse(section, name, raw, ENV_PREFIX + key.upper())
+
+    for key, value in (overrides or {}).items():
+        if key not in _KEYS:
+            raise ConfigError(f"unknown setting {key!r}")
+        if value is None:
+            continue
+        section, name = _KEYS[key]
+        values[section][name] = _parse(section, name, value, f"--{key.replace('_', '-')}")
+
+    try:
+        return Config(**{section: cls(**values[section]) for section, cls in _SECTIONS.items()})
+    except TypeError as exc:  # a wrong type slipped through a TOML value, e.g. a table for a scalar
+        raise ConfigError(str(exc)) from None

@@ -1,0 +1,125 @@
+"""Idle life: blinks, breathing and head sway, so the portrait is never frozen.
+
+``IdleLife.next(speaking)`` returns one additive rig vector per video frame; add it to a driver's
+rig with ``combine``. Everything is a function of the frame counter and a seeded generator, so two
+instances with the same seed and fps produce identical streams (tests, replays, A/B renders).
+
+- Blinks: both eyes, ~120 ms (fast close, slower open), one blink event every 2-6 s (uniform), and a
+  double blink (a second blink right after the first) in about 15% of events. The schedule depends only
+  on time, not on speech.
+- Breathing: a slow sine on headPitch (period 3.5-5 s, ~0.3 deg).
+- Head sway: per axis a sum of three sines with incommensurate frequencies in 0.05-0.35 Hz and random
+  phases: smooth, never repeating within a session, and bounded by construction (the amplitudes sum to
+  the axis limit, ~1.5 deg yaw). The sway eases to 70% while silent and back to 100% when speaking.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from stream_avatar.motion import rig
+
+__all__ = ["IdleLife", "combine"]
+
+_BLINK_L = rig.index("eyeBlinkLeft")
+_BLINK_R = rig.index("eyeBlinkRight")
+_YAW = rig.index("headYaw")
+_PITCH = rig.index("headPitch")
+_ROLL = rig.index("headRoll")
+
+
+def combine(driver_rig: np.ndarray, idle_rig: np.ndarray) -> np.ndarray:
+    """Driver rig + idle rig, clamped to the rig's ranges; any matching leading shape, float32."""
+    return rig.clamp(np.asarray(driver_rig, dtype=np.float32) + np.asarray(idle_rig, dtype=np.float32))
+
+
+def _blink_curve(u_s: float, duration_s: float) -> float:
+    """Eyelid closure in [0, 1] at ``u_s`` seconds into a blink: 40% of the time closing, 60% opening."""
+    if u_s < 0.0 or u_s >= duration_s:
+        return 0.0
+    close_s = 0.4 * duration_s
+    if u_s < close_s:
+        return math.sin(0.5 * math.pi * u_s / close_s)
+    return math.cos(0.5 * math.pi * (u_s - close_s) / (duration_s - close_s))
+
+
+class IdleLife:
+    """Additive idle motion at ``fps`` frames per second, deterministic under ``seed``.
+
+    ``next(speaking)`` -> (RIG_SIZE,) float32: eyeBlinkLeft/Right in [0, 1], headYaw/Pitch/Roll in
+    degrees; all other coefficients 0. ``blink_starts_s`` lists the start time (s, from the last
+    reset) of every blink event so far (a double blink is one event).
+    """
+
+    BLINK_INTERVAL_S = (2.0, 6.0)
+    BLINK_DURATION_S = 0.12
+    DOUBLE_BLINK_PROB = 0.15
+    DOUBLE_BLINK_GAP_S = (0.06, 0.14)  # eyes open between the two blinks of a double blink
+    SWAY_DEG = (1.5, 1.2, 1.0)  # yaw, pitch, roll bounds of the sway
+    BREATH_DEG = 0.3
+    BREATH_PERIOD_S = (3.5, 5.0)
+    SILENT_SWAY = 0.7  # sway scale while silent (1.0 while speaking)
+    SWAY_EASE_S = 0.8  # time constant of the change between the two
+
+    def __init__(self, fps: float = 25, seed: int = 0) -> None:
+        if not 1 <= fps <= 120:
+            raise ValueError(f"fps must be in [1, 120], got {fps!r}")
+        self.fps = fps
+        self.seed = seed
+        self.reset()
+
+    def reset(self) -> None:
+        """Restart at t = 0 with the seed's stream (the same frames as a fresh instance)."""
+        rng = np.random.default_rng(self.seed)
+        # Draw every fixed parameter first, in a fixed order, then the blink schedule lazily: the
+        # stream is then a pure function of (seed, fps, frame index, speaking flags).
+        self._sway_freq_hz = rng.uniform(0.05, 0.35, size=(3, 3))
+        self._sway_phase = rng.uniform(0.0, 2.0 * math.pi, size=(3, 3))
+        weights = rng.uniform(0.5, 1.0, size=(3, 3))
+        self._sway_amp_deg = weights / weights.sum(axis=1, keepdims=True) * np.asarray(self.SWAY_DEG)[:, None]
+        self._breath_period_s = float(rng.uniform(*self.BREATH_PERIOD_S))
+        self._breath_phase = float(rng.uniform(0.0, 2.0 * math.pi))
+        self._rng = rng
+        self._frame = 0
+        self._sway_scale = self.SILENT_SWAY
+        self._ease = 1.0 - math.exp(-1.0 / (self.fps * self.SWAY_EASE_S))
+        self.blink_starts_s: list[float] = []
+        self._active: list[float] = []  # start times of blinks that may still be visible
+        # The first blink comes sooner than a full interval so a short clip still shows one.
+        self._next_blink_s = float(rng.uniform(0.5, self.BLINK_INTERVAL_S[1]))
+
+    def next(self, speaking: bool = False) -> np.ndarray:
+        """Motion for the next video frame (see class docstring)."""
+        # Evaluate at the frame's centre: at 25 fps a 120 ms blink spans three frames and the middle
+        # one lands near full closure instead of the first landing on an open eye.
+        t = (self._frame + 0.5) / self.fps
+        self._frame += 1
+        out = rig.zeros()
+
+        while self._next_blink_s <= t:
+            start = self._next_blink_s
+            self.blink_starts_s.append(start)
+            self._active.append(start)
+            if self._rng.uniform() < self.DOUBLE_BLINK_PROB:
+                self._active.append(
+                    start + self.BLINK_DURATION_S + float(self._rng.uniform(*self.DOUBLE_BLINK_GAP_S))
+                )
+            self._next_blink_s = start + float(self._rng.uniform(*self.BLINK_INTERVAL_S))
+        self._active = [s for s in self._active if t - s < self.BLINK_DURATION_S]
+        blink = max((_blink_curve(t - s, self.BLINK_DURATION_S) for s in self._active), default=0.0)
+        out[_BLINK_L] = blink
+        out[_BLINK_R] = blink
+
+        goal = 1.0 if speaking else self.SILENT_SWAY
+        self._sway_scale += self._ease * (goal - self._sway_scale)
+        sway = (self._sway_amp_deg * np.sin(2.0 * math.pi * self._sway_freq_hz * t + self._sway_phase)).sum(
+            axis=1
+        )
+        sway *= self._sway_scale
+        breath = self.BREATH_DEG * math.sin(2.0 * math.pi * t / self._breath_period_s + self._breath_phase)
+        out[_YAW] = sway[0]
+        out[_PITCH] = sway[1] + breath
+        out[_ROLL] = sway[2]
+        return out
