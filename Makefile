@@ -31,6 +31,7 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/bench_render.py
+	$(PY) benchmarks/bench_e2e.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

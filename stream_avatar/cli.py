@@ -3,7 +3,9 @@
     stream-avatar enroll IMAGE [--size 512] [--store DIR]          prints the avatar id
     stream-avatar render --audio WAV --out MP4 [--avatar IMAGE_OR_ID] [--size 512]
                          [--rig-out RIG.jsonl] [--driver dsp] [--store DIR]
-    stream-avatar run [--text TEXT]                                renders a spoken demo to ./out/demo.mp4
+    stream-avatar serve [--host 127.0.0.1] [--port 8080] [--avatar IMAGE_OR_ID] [--size 512] ...
+    stream-avatar run                                              `serve` with the defaults (make run)
+    stream-avatar demo [--text TEXT]                               renders a spoken demo to ./out/demo.mp4
 
 Global options: ``-v`` (info logs; ``-vv`` debug), ``--config FILE`` (TOML, see stream_avatar.config).
 User errors (bad audio, bad image, bad settings, missing files) print one line ``error: ...`` on stderr
@@ -70,11 +72,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(render)
     add_render_opts(render)
 
-    run = sub.add_parser("run", help="render a spoken demo sentence (espeak-ng) to ./out/demo.mp4")
-    run.add_argument("--text", default=DEMO_TEXT, help="sentence to speak")
-    run.add_argument("--avatar", default=None, metavar="IMAGE_OR_ID", help="image or avatar id")
-    add_common(run)
-    add_render_opts(run)
+    for name, text in (
+        ("serve", "start the WebRTC server: open the printed address, allow the microphone, speak"),
+        ("run", "the same as serve (what `make run` starts)"),
+    ):
+        server = sub.add_parser(name, help=text)
+        server.add_argument(
+            "--host", default=None, help="address to bind (default 127.0.0.1: this machine only)"
+        )
+        server.add_argument("--port", type=int, default=None, help="port (default 8080)")
+        server.add_argument("--avatar", default=None, metavar="IMAGE_OR_ID", help="image or avatar id")
+        server.add_argument("--latency-budget-ms", type=int, default=None, help="playout budget (default 80)")
+        server.add_argument("--max-sessions", type=int, default=None, help="concurrent sessions (default 4)")
+        add_common(server)
+        add_render_opts(server)
+
+    demo = sub.add_parser("demo", help="render a spoken demo sentence (espeak-ng) to ./out/demo.mp4")
+    demo.add_argument("--text", default=DEMO_TEXT, help="sentence to speak")
+    demo.add_argument("--avatar", default=None, metavar="IMAGE_OR_ID", help="image or avatar id")
+    add_common(demo)
+    add_render_opts(demo)
     return parser
 
 
@@ -85,6 +102,10 @@ def _config(args: argparse.Namespace) -> Config:
         "avatar": getattr(args, "avatar", None),
         "driver": getattr(args, "driver", None),
         "device": getattr(args, "device", None),
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        "latency_budget_ms": getattr(args, "latency_budget_ms", None),
+        "max_sessions": getattr(args, "max_sessions", None),
     }
     return load_config(overrides, config_path=args.config)
 
@@ -154,8 +175,7 @@ def synthesize_demo(text: str, wav_path: Path) -> None:
         raise UserError(f"espeak-ng failed: {reason}")
 
 
-def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
-    # Until the server exists, `run` shows the engine end to end on a spoken sentence.
+def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     with tempfile.TemporaryDirectory(prefix="stream-avatar-demo-") as tmp:
         wav = Path(tmp) / "demo.wav"
         synthesize_demo(args.text, wav)
@@ -164,7 +184,30 @@ def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-_COMMANDS = {"enroll": cmd_enroll, "render": cmd_render, "run": cmd_run}
+def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
+    from stream_avatar.server.app import build_server, run_server
+
+    server = build_server(cfg)
+    print("preparing the avatar ...", file=sys.stderr, flush=True)
+    server.preload("default")  # enroll/load before listening: the first visitor does not wait for it
+
+    def ready(url: str) -> None:
+        if cfg.server.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"warning: listening on {cfg.server.host}: other machines can connect", file=sys.stderr)
+        print(f"stream-avatar: open {url} in a browser (Ctrl-C stops)", file=sys.stderr, flush=True)
+        print(url, flush=True)
+
+    run_server(server, ready)
+    return 0
+
+
+_COMMANDS = {
+    "enroll": cmd_enroll,
+    "render": cmd_render,
+    "demo": cmd_demo,
+    "serve": cmd_serve,
+    "run": cmd_serve,
+}
 
 
 def _setup_logging(verbosity: int) -> None:

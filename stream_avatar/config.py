@@ -20,10 +20,14 @@ TOML layout (every key optional)::
     [server]
     host = "127.0.0.1"
     port = 8080
+    latency_budget_ms = 80   # frames wait at most this long for their tick
+    max_sessions = 4
+    audio_jitter_prefetch = 0  # 0: mic packets to the decoder on arrival; N: aiortc's buffer of N x 20 ms
 
 Environment variables use the key name: ``STREAM_AVATAR_FPS``, ``STREAM_AVATAR_DRIVER``,
 ``STREAM_AVATAR_MAX_BUFFER_S``, ``STREAM_AVATAR_DEVICE``, ``STREAM_AVATAR_AVATAR`` (the spec),
-``STREAM_AVATAR_SIZE``, ``STREAM_AVATAR_STORE_DIR``, ``STREAM_AVATAR_HOST``, ``STREAM_AVATAR_PORT``.
+``STREAM_AVATAR_SIZE``, ``STREAM_AVATAR_STORE_DIR``, ``STREAM_AVATAR_HOST``, ``STREAM_AVATAR_PORT``,
+``STREAM_AVATAR_LATENCY_BUDGET_MS``, ``STREAM_AVATAR_MAX_SESSIONS``, ``STREAM_AVATAR_AUDIO_JITTER_PREFETCH``.
 """
 
 from __future__ import annotations
@@ -98,10 +102,19 @@ class ServerConfig:
 
     host: str = "127.0.0.1"
     port: int = 8080
+    latency_budget_ms: int = 80
+    max_sessions: int = 4
+    audio_jitter_prefetch: int = 0
 
     def __post_init__(self) -> None:
-        if not 1 <= self.port <= 65535:
-            raise ConfigError(f"port must lie in 1..65535, got {self.port}")
+        if not 0 <= self.port <= 65535:  # 0: the system picks a free port (printed at start)
+            raise ConfigError(f"port must lie in 0..65535, got {self.port}")
+        if not 40 <= self.latency_budget_ms <= 2000:
+            raise ConfigError(f"latency_budget_ms must lie in 40..2000, got {self.latency_budget_ms}")
+        if not 1 <= self.max_sessions <= 64:
+            raise ConfigError(f"max_sessions must lie in 1..64, got {self.max_sessions}")
+        if not 0 <= self.audio_jitter_prefetch <= 8:
+            raise ConfigError(f"audio_jitter_prefetch must lie in 0..8, got {self.audio_jitter_prefetch}")
         if not self.host:
             raise ConfigError("host must not be empty")
 
@@ -124,6 +137,9 @@ _KEYS: dict[str, tuple[str, str]] = {
     "store_dir": ("avatar", "store_dir"),
     "host": ("server", "host"),
     "port": ("server", "port"),
+    "latency_budget_ms": ("server", "latency_budget_ms"),
+    "max_sessions": ("server", "max_sessions"),
+    "audio_jitter_prefetch": ("server", "audio_jitter_prefetch"),
 }
 _SECTIONS: dict[str, type[Any]] = {"engine": EngineConfig, "avatar": AvatarConfig, "server": ServerConfig}
 
@@ -136,7 +152,15 @@ def _parse(section: str, name: str, value: object, origin: str) -> object:
     if name == "store_dir":
         text = str(value).strip()
         return Path(text).expanduser() if text else None
-    kind = {"fps": int, "size": int, "port": int, "max_buffer_s": float}.get(name, str)
+    kind = {
+        "fps": int,
+        "size": int,
+        "port": int,
+        "latency_budget_ms": int,
+        "max_sessions": int,
+        "audio_jitter_prefetch": int,
+        "max_buffer_s": float,
+    }.get(name, str)
     if kind is str:
         return str(value).strip()
     try:

@@ -82,12 +82,12 @@ def test_bad_env_value(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFi
     assert_one_line_error(err, "STREAM_AVATAR_FPS", "fast")
 
 
-def test_run_without_espeak_says_how_to_get_it(
+def test_demo_without_espeak_says_how_to_get_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cli.shutil, "which", lambda name: None)
-    code, stdout, err = run_cli(capsys, "run")
+    code, stdout, err = run_cli(capsys, "demo")
     assert code == 2 and stdout == ""
     assert_one_line_error(err, "espeak-ng", "apt-get install espeak-ng", "render --audio")
     assert not (tmp_path / "out").exists()
@@ -110,7 +110,7 @@ def test_python_dash_m_entry_point() -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    for command in ("enroll", "render", "run"):
+    for command in ("enroll", "render", "serve", "run", "demo"):
         assert command in done.stdout
 
 
@@ -130,14 +130,14 @@ def test_enroll_prints_the_avatar_id(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 @pytest.mark.slow
-def test_run_renders_the_demo(
+def test_demo_renders_the_demo(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng not installed: apt-get install espeak-ng")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("STREAM_AVATAR_STORE_DIR", str(tmp_path / "store"))
-    code, stdout, err = run_cli(capsys, "run", "--size", "128", "--text", "Hello there.")
+    code, stdout, err = run_cli(capsys, "demo", "--size", "128", "--text", "Hello there.")
     assert code == 0, err
     path = Path(stdout.strip())
     assert path.is_absolute() and path == (tmp_path / "out" / "demo.mp4").resolve()

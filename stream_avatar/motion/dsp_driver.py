@@ -105,6 +105,11 @@ class DSPMouthDriver:
     # Smoothing time constants (s): fast attack, slower release.
     ATTACK_S = 0.030
     RELEASE_S = 0.080
+    # After clear() (an interrupt) the mouth closes much faster than after a natural pause: the speech
+    # was cut off, and a front end promises rest within 100 ms. 10 ms per e-fold closes 0.85 to < 0.05
+    # within the first 40 ms frame after the interrupt.
+    INTERRUPT_RELEASE_S = 0.010
+    INTERRUPT_SPEECH_CHUNKS = 3  # 60 ms of speech after an interrupt reopens the gate
     HANGOVER_S = 0.160
     # Level mapping: jaw fully open at the tracked peak, closed this many dB below it.
     JAW_RANGE_DB = 28.0
@@ -122,6 +127,7 @@ class DSPMouthDriver:
         self._features = FeatureStream()
         self._a_att = _alpha(self.ATTACK_S)
         self._a_rel = _alpha(self.RELEASE_S)
+        self._a_interrupt = _alpha(self.INTERRUPT_RELEASE_S)
         self._hangover_chunks = round(self.HANGOVER_S / _CHUNK_S)
         self._pending = np.zeros(CHUNK_SAMPLES, dtype=np.float32)
         self.reset()
@@ -134,14 +140,17 @@ class DSPMouthDriver:
         self._floor_db: float | None = None
         self._state = [0.0, 0.0, 0.0, 0.0]  # smoothed jaw, close, funnel, stretch
         self.clear()
+        self._interrupted = False
 
     def clear(self) -> None:
         """Interrupt: drop the partial chunk and frame, gate off; the mouth decays to closed.
 
-        The smoothed mouth state is kept, so the next frames close it with the release time constant
-        instead of snapping shut; the level trackers are kept (same speaker). The video-frame grid
-        restarts at the next pushed sample.
+        The smoothed mouth state is kept, so the next frames close it (with the fast
+        ``INTERRUPT_RELEASE_S`` until it is shut or speech resumes) instead of snapping; the level
+        trackers are kept (same speaker). The video-frame grid restarts at the next pushed sample.
         """
+        self._interrupted = True
+        self._speech_run = 0
         self._features.reset()
         self._pending_len = 0
         self._received = 0
@@ -203,9 +212,18 @@ class DSPMouthDriver:
             target = self._targets(level_db, power[:N_MELS] @ _BAND_SUMS)
         else:
             target = (0.0, 0.0, 0.0, 0.0)
+        if self._interrupted:
+            # Packets already in flight when the interrupt came still carry the old speech: keep the
+            # gate shut until speech has lasted INTERRUPT_SPEECH_CHUNKS in a row (then it is new).
+            self._speech_run = self._speech_run + 1 if raw_speech else 0
+            if self._speech_run >= self.INTERRUPT_SPEECH_CHUNKS or max(self._state) < 1e-3:
+                self._interrupted = False
+            else:
+                target = (0.0, 0.0, 0.0, 0.0)
+        release = self._a_interrupt if self._interrupted else self._a_rel
         for i, goal in enumerate(target):
             cur = self._state[i]
-            self._state[i] = cur + (self._a_att if goal > cur else self._a_rel) * (goal - cur)
+            self._state[i] = cur + (self._a_att if goal > cur else release) * (goal - cur)
 
     def _track_levels(self, level_db: float, raw_speech: bool) -> None:
         # Floor: background level, falls fast and rises ~1 dB/s, so pauses inside speech pull it down.

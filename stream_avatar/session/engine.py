@@ -45,6 +45,7 @@ SAMPLE_RATE_HZ = 16000
 # Rates outside this range are almost certainly a caller bug (samples passed as the rate, ms for Hz).
 MIN_RATE_HZ = 4000
 MAX_RATE_HZ = 192000  # same range as audio.resample.StreamResampler
+RESAMPLER_LEAD_SAMPLES = 32  # 2 ms at 16 kHz: covers libswresample's hold-back from 8..192 kHz input
 _STATS_WINDOW = 250  # frames kept for the latency percentiles (10 s at 25 fps)
 _BEHIND_LOG_INTERVAL_S = 5.0
 
@@ -208,6 +209,9 @@ class AvatarEngine:
     combine: ``(driver_rig, idle_rig) -> rig``; default clamp(driver + idle).
     warn_when_behind: log a warning (at most every 5 s) when compute is slower than real time.
       Off for offline rendering, where that is expected.
+    packet_lead: live input in packets (WebRTC): start each resampled stream with 2 ms of silence so
+      a frame completes with the packet carrying its last sample (saves up to one packet of latency;
+      audio and video shift together, so sync is unchanged). Off by default: exact sample alignment.
     """
 
     def __init__(
@@ -223,6 +227,7 @@ class AvatarEngine:
         resampler_factory: ResamplerFactory | None = None,
         combine: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
         warn_when_behind: bool = True,
+        packet_lead: bool = False,
     ) -> None:
         if not 1 <= fps <= 60 or SAMPLE_RATE_HZ % fps:
             raise ValueError(f"fps must divide {SAMPLE_RATE_HZ} and lie in 1..60, got {fps}")
@@ -242,6 +247,7 @@ class AvatarEngine:
         self._resampler_factory = resampler_factory or _default_resampler
         self._combine = combine or _default_combine
         self._warn_when_behind = warn_when_behind
+        self._packet_lead = packet_lead
 
         # Shared state, guarded by _lock. _cond wakes the worker (input, clear, close, output room).
         self._lock = threading.Lock()
@@ -324,6 +330,13 @@ class AvatarEngine:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    def set_renderer(self, renderer: Renderer) -> None:
+        """Swap the renderer (e.g. another avatar of the same size); takes effect at the next batch.
+
+        Thread-safe: the worker reads the reference once per batch, and an attribute store is atomic.
+        """
+        self._renderer = renderer
 
     # ---------------------------------------------------------------------------------- input
 
@@ -585,6 +598,11 @@ class AvatarEngine:
                     parts.append(self._rs.flush())
                 self._rs = None if rate == SAMPLE_RATE_HZ else self._resampler_factory(rate, SAMPLE_RATE_HZ)
                 self._rs_rate = rate
+                if self._rs is not None and self._packet_lead:
+                    # The resampler holds back ~1 ms (2 ms from 8 kHz) of output until more input comes.
+                    # A lead of that much silence shifts the frame grid so a frame completes with the
+                    # packet that carries its last sample, not 20 ms later with the next one.
+                    parts.append(np.zeros(RESAMPLER_LEAD_SAMPLES, np.float32))
             parts.append(samples if self._rs is None else self._rs.process(samples))
         if flush and self._rs is not None:
             parts.append(self._rs.flush())

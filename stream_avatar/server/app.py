@@ -1,0 +1,277 @@
+"""The server: HTTP for the browser client and a WebSocket per session, on one port, in one process.
+
+``websockets`` serves both: requests to ``/ws`` become WebSocket sessions; any other GET is answered
+from ``web_client/`` by ``process_request`` (a handful of static files; no framework needed). Static
+paths are validated against an allow-list of names in that folder, never joined from raw input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import mimetypes
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from stream_avatar.config import Config
+from stream_avatar.server import protocol
+from stream_avatar.server.session import Session, SessionSettings
+
+logger = logging.getLogger(__name__)
+
+WEB_CLIENT_DIR = Path(__file__).resolve().parents[2] / "web_client"
+WS_PATH = "/ws"
+STATIC_SUFFIXES = {".html", ".js", ".mjs", ".css", ".png", ".svg", ".ico", ".json", ".webmanifest"}
+# WebSocket frames beyond this are refused by websockets itself (connection closed with 1009); below it
+# and above protocol.MAX_MESSAGE_BYTES the session answers `too_large` and carries on.
+WS_MAX_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_sessions: int = 4
+    session: SessionSettings = field(default_factory=SessionSettings)
+
+
+class AvatarServer:
+    """Session registry + the websockets server. ``await start()``, ``await aclose()``.
+
+    avatars: ``resolve(spec) -> Avatar`` for "default" or an enrolled id (runs in a thread; may
+      enroll or precompute), and ``build_engine(avatar) -> AvatarEngine`` /
+      ``build_renderer(avatar) -> renderer`` (injected so tests can use fakes).
+    """
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        resolve_avatar: Callable[[str], Any],
+        build_engine: Callable[[Any], Any],
+        build_renderer: Callable[[Any], Any],
+        default_avatar: str = "default",
+        web_root: Path = WEB_CLIENT_DIR,
+    ) -> None:
+        self.settings = settings
+        self._resolve_avatar = resolve_avatar
+        self._build_engine = build_engine
+        self._build_renderer = build_renderer
+        self.default_avatar = default_avatar
+        self.web_root = web_root.resolve()
+        self.sessions: dict[str, Session] = {}
+        self._server: Server | None = None
+        self._avatars: dict[str, Any] = {}
+        self._avatar_lock = asyncio.Lock()
+        self._closers: set[asyncio.Future[Any]] = set()
+
+    # ------------------------------------------------------------------------------ avatars
+
+    def preload(self, spec: str) -> Any:
+        """Resolve an avatar now (blocking), before the server starts."""
+        if spec not in self._avatars:
+            self._avatars[spec] = self._resolve_avatar(spec)
+        return self._avatars[spec]
+
+    async def avatar(self, spec: str) -> Any:
+        """The Avatar for "default" or an id, cached; loading runs off the event loop."""
+        async with self._avatar_lock:
+            if spec not in self._avatars:
+                self._avatars[spec] = await asyncio.to_thread(self._resolve_avatar, spec)
+            return self._avatars[spec]
+
+    async def _engine_for(self, spec: str) -> tuple[Any, str]:
+        avatar = await self.avatar(spec)
+        engine = await asyncio.to_thread(self._build_engine, avatar)
+        return engine, avatar.id
+
+    async def _renderer_for(self, spec: str) -> tuple[Any, str]:
+        avatar = await self.avatar(spec)
+        if avatar.size != self.settings.session.size:
+            raise ValueError(
+                f"avatar {avatar.id} is {avatar.size} px, this server renders {self.settings.session.size} px"
+            )
+        return await asyncio.to_thread(self._build_renderer, avatar), avatar.id
+
+    # ---------------------------------------------------------------------------------- http
+
+    def _static(self, path: str) -> Response:
+        name = path.split("?", 1)[0].lstrip("/") or "index.html"
+        allowed = {
+            p.relative_to(self.web_root).as_posix(): p
+            for p in self.web_root.rglob("*")
+            if p.is_file() and p.suffix in STATIC_SUFFIXES
+        }
+        target = allowed.get(name)
+        if target is None:
+            return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+        ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        if ctype.startswith("text/") or ctype in ("application/javascript", "application/json"):
+            ctype += "; charset=utf-8"
+        if target.suffix in (".js", ".mjs"):
+            ctype = "text/javascript; charset=utf-8"
+        return _response(HTTPStatus.OK, target.read_bytes(), ctype)
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.path.split("?", 1)[0] == WS_PATH:
+            if len(self.sessions) >= self.settings.max_sessions:
+                body = json.dumps(protocol.error_message("busy", "the server is at its session limit"))
+                return _response(HTTPStatus.SERVICE_UNAVAILABLE, body.encode(), "application/json")
+            return None  # go on with the WebSocket handshake
+        return self._static(request.path)
+
+    # ---------------------------------------------------------------------------- sessions
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        async def send(message: dict[str, Any]) -> None:
+            await ws.send(json.dumps(message, separators=(",", ":")))
+
+        session = Session(
+            send, self._engine_for, self._renderer_for, self.settings.session, self.default_avatar
+        )
+        self.sessions[session.id] = session
+
+        def closed(s: Session) -> None:
+            self.sessions.pop(s.id, None)
+            # A session closed by its peer connection (failed, closed) ends its socket too.
+            self._closers.add(asyncio.ensure_future(ws.close()))
+            for task in list(self._closers):
+                if task.done():
+                    self._closers.discard(task)
+
+        session.on_closed = closed
+        logger.info("session opened", extra={"session": session.id, "remote": str(ws.remote_address)})
+        try:
+            await session.hello()
+            async for raw in ws:
+                await session.handle(raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            await session.close()
+            await ws.close()
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._server = await serve(
+            self._handler,
+            self.settings.host,
+            self.settings.port,
+            process_request=self._process_request,
+            max_size=WS_MAX_SIZE,
+            max_queue=16,
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1]) if self._server.sockets else self.settings.port
+
+    @property
+    def url(self) -> str:
+        host = self.settings.host
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{self.port}"
+
+    async def aclose(self) -> None:
+        """Stop accepting, close every session (peer connections, engines), then the listener."""
+        if self._server is not None:
+            self._server.close(close_connections=False)
+        await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+
+def _response(status: HTTPStatus, body: bytes, ctype: str) -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", ctype),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-cache"),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Referrer-Policy", "no-referrer"),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, body)
+
+
+async def serve_forever(server: AvatarServer, ready: Callable[[str], None] | None = None) -> None:
+    """Start, announce the URL, run until SIGINT/SIGTERM, then close everything cleanly."""
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready(server.url)
+    try:
+        await stop.wait()
+    finally:
+        await server.aclose()
+
+
+def build_server(cfg: Config) -> AvatarServer:
+    """The real server for a configuration: avatars from the store, engines with the real pieces."""
+    from stream_avatar.avatar.store import AvatarStore
+    from stream_avatar.session.engine import build_engine, resolve_device
+
+    store = AvatarStore(cfg.avatar.store_dir)
+    size = cfg.avatar.size
+    device = resolve_device(cfg.engine.device)
+
+    def resolve(spec: str) -> Any:
+        if spec == "default":
+            return store.resolve(cfg.avatar.spec, size=size)  # the configured avatar (or the shipped one)
+        return store.load(spec)  # ids only: validated by the store before any path is built
+
+    def engine(avatar: Any) -> Any:
+        return build_engine(
+            avatar,
+            driver=cfg.engine.driver,
+            fps=cfg.engine.fps,
+            max_buffer_s=cfg.engine.max_buffer_s,
+            device=device,
+            packet_lead=True,
+        )
+
+    def renderer(avatar: Any) -> Any:
+        from stream_avatar.render.renderer import RendererWrapper
+
+        return RendererWrapper(avatar.tensors, device=device)
+
+    settings = ServerSettings(
+        host=cfg.server.host,
+        port=cfg.server.port,
+        max_sessions=cfg.server.max_sessions,
+        session=SessionSettings(
+            fps=cfg.engine.fps,
+            size=size,
+            latency_budget_ms=cfg.server.latency_budget_ms,
+            audio_jitter_prefetch=cfg.server.audio_jitter_prefetch,
+        ),
+    )
+    return AvatarServer(settings, resolve, engine, renderer)
+
+
+def run_server(server: AvatarServer, ready: Callable[[str], None] | None = None) -> None:
+    """Blocking entry point: uvloop when installed, else asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve_forever(server, ready))
+    else:
+        uvloop.run(serve_forever(server, ready))

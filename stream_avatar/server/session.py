@@ -1,0 +1,390 @@
+"""One client session: a WebSocket for signaling and control, one aiortc peer connection, one engine.
+
+Lifecycle: created when the WebSocket opens (``hello`` sent), negotiated by one ``offer``, closed when
+the WebSocket closes, the peer connection fails, or the server shuts down. ``close()`` is idempotent
+and leaves no task, thread or track running (tested).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import av
+import numpy as np
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from stream_avatar.motion import rig as rig_mod
+from stream_avatar.server import protocol
+from stream_avatar.server.media import (
+    MIC_GAP_S,
+    MicLatency,
+    Playout,
+    QueueTrack,
+    mic_frame_to_mono,
+    set_audio_jitter_buffer,
+)
+from stream_avatar.session.engine import SAMPLE_RATE_HZ, AvatarEngine, OutputItem
+
+logger = logging.getLogger(__name__)
+
+STATS_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """What a session needs from the server's configuration (see stream_avatar.config.ServerConfig).
+
+    latency_budget_ms: frames may wait this long for their tick before the oldest is dropped.
+    audio_jitter_prefetch: 0 = release each mic packet on arrival (``LowDelayAudioJitterBuffer``);
+    N >= 1 = aiortc's buffer holding N 20 ms packets (aiortc's own default: 4).
+    """
+
+    fps: int = 25
+    size: int = 512
+    latency_budget_ms: int = 80
+    audio_jitter_prefetch: int = 0
+
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+EngineFactory = Callable[[str], Awaitable[tuple[AvatarEngine, str]]]
+RendererFactory = Callable[[str], Awaitable[tuple[Any, str]]]
+
+
+class Session:
+    """Signaling + media for one client. ``handle(raw)`` for each WebSocket message; ``close()``."""
+
+    def __init__(
+        self,
+        send: Send,
+        make_engine: EngineFactory,
+        make_renderer: RendererFactory,
+        settings: SessionSettings,
+        avatar_id: str,
+    ) -> None:
+        self.id = secrets.token_hex(6)
+        self._send_json = send
+        self._make_engine = make_engine
+        self._make_renderer = make_renderer
+        self.settings = settings
+        self.avatar_id = avatar_id
+        self.pc: RTCPeerConnection | None = None
+        self.engine: AvatarEngine | None = None
+        self.playout: Playout | None = None
+        self._video = QueueTrack("video", maxsize=2)
+        self._audio = QueueTrack("audio", maxsize=8)
+        self._rig_channel: Any = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = asyncio.Event()
+        self._closing = False
+        self._negotiated = False
+        self._latency = MicLatency(settings.fps)
+        self._frames_since_clear = 0
+        self._last_mic = -math.inf
+        self._mic_frames = 0
+        self._started = time.monotonic()
+        self._answered_at: float | None = None
+        self._connected = asyncio.Event()  # the peer connection reached "connected": media may flow
+        self.on_closed: Callable[[Session], None] | None = None
+
+    # ---------------------------------------------------------------------------- plumbing
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"session-{self.id}-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not self._closing:
+            logger.error(
+                "session task failed", exc_info=exc, extra={"session": self.id, "task": task.get_name()}
+            )
+            self._spawn(self.close(), "close")
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self._closing:
+            return
+        try:
+            await self._send_json(message)
+        except Exception:  # the socket went away; the server closes the session when its loop ends
+            logger.debug("send failed", extra={"session": self.id})
+
+    async def hello(self) -> None:
+        await self.send(
+            {
+                "type": "hello",
+                "session": self.id,
+                "protocol": protocol.PROTOCOL_VERSION,
+                "fps": self.settings.fps,
+                "size": self.settings.size,
+                "avatar": self.avatar_id,
+                "latency_budget_ms": self.settings.latency_budget_ms,
+            }
+        )
+
+    # ---------------------------------------------------------------------------- messages
+
+    async def handle(self, raw: str | bytes) -> None:
+        """Act on one client message; every problem becomes an ``error`` message, never an exception."""
+        try:
+            msg = protocol.parse(raw)
+            kind = msg["type"]
+            if kind == "offer":
+                await self._on_offer(msg["sdp"])
+            elif kind == "clear":
+                await self._on_clear()
+            elif kind == "avatar":
+                await self._on_avatar(msg["avatar"])
+            elif kind == "ping":
+                await self.send({"type": "pong", "t": msg["t"]})
+        except protocol.ProtocolError as exc:
+            await self.send(protocol.error_message(exc.code, str(exc)))
+
+    async def _on_offer(self, sdp: str) -> None:
+        if self._negotiated:
+            raise protocol.ProtocolError("already_negotiated", "this session already has a peer connection")
+        self._negotiated = True
+        engine, self.avatar_id = await self._make_engine(self.avatar_id)
+        self.engine = engine
+        pc = RTCPeerConnection()
+        self.pc = pc
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio":
+                self._spawn(self._read_mic(track), "mic")
+            else:  # the client should not send video; read it anyway so nothing piles up
+                self._spawn(_drain(track), "drain")
+
+        @pc.on("datachannel")
+        def on_datachannel(channel: Any) -> None:
+            if channel.label == "rig":
+                self._rig_channel = channel
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            logger.info("peer state", extra={"session": self.id, "state": pc.connectionState})
+            if pc is not self.pc:  # a refused offer's peer connection, already dropped
+                return
+            if pc.connectionState == "connected":
+                self._connected.set()
+            if pc.connectionState in ("failed", "closed"):
+                await self.close()
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except Exception as exc:  # aiortc raises ValueError and others for unusable SDP
+            await self._refuse_offer(f"cannot use this offer: {exc}")
+        kinds = {t.kind for t in pc.getTransceivers()}
+        if "audio" not in kinds or "video" not in kinds:
+            await self._refuse_offer("the offer needs an audio (microphone) and a video m-line")
+        set_audio_jitter_buffer(pc, self.settings.audio_jitter_prefetch)
+        pc.addTrack(self._audio)
+        pc.addTrack(self._video)
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)  # aiortc gathers all candidates here (non-trickle)
+        engine.start()
+        depth = max(1, round(self.settings.latency_budget_ms * self.settings.fps / 1000))
+        self.playout = Playout(
+            engine,
+            self._video,
+            self._audio,
+            depth=depth,
+            on_frame=self._on_frame,
+            idle_feed=self._idle_feed,
+            on_drop=self._on_drop,
+            start=self._connected,
+        )
+        self._spawn(self.playout.consume(), "consume")
+        self._spawn(self.playout.run(), "playout")
+        self._spawn(self._stats_loop(), "stats")
+        self._answered_at = time.monotonic()
+        await self.send({"type": "answer", "sdp": pc.localDescription.sdp})
+
+    async def _on_clear(self) -> None:
+        dropped = 0.0
+        if self.engine is not None and self.playout is not None:
+            dropped = self.engine.clear()
+            self.playout.clear()
+            self._latency.restart()
+            self._frames_since_clear = 0
+        await self.send({"type": "cleared", "dropped_s": round(dropped, 3)})
+
+    async def _on_avatar(self, avatar: str) -> None:
+        try:
+            renderer, avatar_id = await self._make_renderer(avatar)
+        except ValueError as exc:
+            raise protocol.ProtocolError("unknown_avatar", str(exc)) from None
+        if self.engine is not None:
+            self.engine.set_renderer(renderer)
+        self.avatar_id = avatar_id
+        await self.send({"type": "avatar", "avatar": avatar_id})
+
+    # --------------------------------------------------------------------------------- media
+
+    async def _read_mic(self, track: MediaStreamTrack) -> None:
+        """Always read the remote mic (so aiortc never piles frames up) and push it to the engine."""
+        assert self.engine is not None
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if not isinstance(frame, av.AudioFrame):
+                continue
+            arrival = time.monotonic()
+            samples = mic_frame_to_mono(frame)
+            if samples.size == 0:
+                continue
+            self._last_mic = arrival
+            self._mic_frames += 1
+            try:
+                self.engine.push_audio(samples, int(frame.sample_rate))
+            except ValueError as exc:
+                logger.warning("bad mic frame dropped", extra={"session": self.id, "reason": str(exc)})
+                continue
+            except RuntimeError:  # engine closed: the session is closing
+                return
+            self._latency.mark(samples.size / frame.sample_rate, arrival)
+
+    def _idle_feed(self, seconds: float) -> None:
+        """No mic audio for a while (not connected yet, muted, a TTS pause): feed silence so frames
+        keep coming and the idle life keeps the face moving."""
+        if self.engine is None or time.monotonic() - self._last_mic < MIC_GAP_S:
+            return
+        n = round(seconds * SAMPLE_RATE_HZ)
+        with contextlib.suppress(RuntimeError):
+            self.engine.push_audio(np.zeros(n, np.float32), SAMPLE_RATE_HZ)
+            self._latency.mark(n / SAMPLE_RATE_HZ, time.monotonic())
+
+    def _on_drop(self) -> None:
+        self._frames_since_clear += 1  # keeps the frame -> mic packet mapping of MicLatency aligned
+
+    def _on_frame(self, k: int, pts_s: float, item: OutputItem | None, handed_out: float) -> None:
+        if item is not None:
+            self._latency.frame_latency_s(self._frames_since_clear, handed_out)
+            self._frames_since_clear += 1
+        channel = self._rig_channel
+        if channel is None or channel.readyState != "open":
+            return
+        shown = item if item is not None else (self.playout._last_item if self.playout else None)
+        if shown is None:
+            return
+        message = {
+            "pts": round(pts_s, 4),
+            "frame": k,
+            "speaking": bool(shown.speaking),
+            "late": item is None,
+            "rig": rig_mod.to_dict(shown.rig),
+        }
+        with contextlib.suppress(Exception):  # the channel may close between the check and the send
+            channel.send(json.dumps(message, separators=(",", ":")))
+
+    async def _stats_loop(self) -> None:
+        last_ticks, last_t = 0, time.monotonic()
+        while True:
+            await asyncio.sleep(STATS_INTERVAL_S)
+            await self.send(self.stats(last_ticks, last_t))
+            if self.playout is not None:
+                last_ticks = self.playout.ticks
+            last_t = time.monotonic()
+
+    def stats(self, last_ticks: int = 0, last_t: float | None = None) -> dict[str, Any]:
+        now = time.monotonic()
+        engine = self.engine.stats() if self.engine is not None else {}
+        playout = self.playout
+        ticks = playout.ticks if playout is not None else 0
+        span = now - (last_t if last_t is not None else self._started)
+        lat = np.asarray(self._latency.samples_ms, np.float64)
+        first_ms = None
+        if playout is not None and playout.first_frame_at is not None and self._answered_at is not None:
+            first_ms = round((playout.first_frame_at - self._answered_at) * 1000.0, 1)
+        return {
+            "type": "stats",
+            "t_s": round(now - self._started, 3),
+            "fps": round((ticks - last_ticks) / span, 2) if span > 0 else 0.0,
+            "frames_sent": ticks,
+            "late_frames": playout.late_frames if playout is not None else 0,
+            "dropped_frames": playout.dropped_frames if playout is not None else 0,
+            "queue_frames": playout.queued if playout is not None else 0,
+            "reanchors": playout.reanchors if playout is not None else 0,
+            "first_frame_ms": first_ms,
+            "render_ms_p50": _finite(engine.get("render_ms_p50")),
+            "render_ms_p95": _finite(engine.get("render_ms_p95")),
+            "rtf": _finite(engine.get("rtf")),
+            "audio_in_s": engine.get("audio_in_s", 0.0),
+            "audio_dropped_s": engine.get("audio_dropped_s", 0.0),
+            "mic_frames": self._mic_frames,
+            "mouth_latency_ms": round(float(np.median(lat)), 1) if lat.size else None,
+            "mouth_latency_ms_p95": round(float(np.percentile(lat, 95)), 1) if lat.size else None,
+        }
+
+    # ------------------------------------------------------------------------------ shutdown
+
+    async def _drop_peer(self) -> None:
+        pc, self.pc = self.pc, None
+        if pc is not None:
+            await pc.close()
+
+    async def _refuse_offer(self, message: str) -> NoReturn:
+        """Undo a half-made negotiation (its tasks, peer connection and unstarted engine)."""
+        self._negotiated = False
+        for task in [t for t in self._tasks if t.get_name().endswith(("-mic", "-drain"))]:
+            task.cancel()
+        await self._drop_peer()
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            await engine.aclose()
+        raise protocol.ProtocolError("bad_offer", message)
+
+    async def close(self) -> None:
+        """Close the peer connection, the engine and every task of this session. Idempotent."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        try:
+            current = asyncio.current_task()
+            tasks = [t for t in self._tasks if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._video.stop()
+            self._audio.stop()
+            await self._drop_peer()
+            if self.engine is not None:
+                await self.engine.aclose()
+        finally:
+            self._closed.set()
+            if self.on_closed is not None:
+                self.on_closed(self)
+            logger.info("session closed", extra={"session": self.id})
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+
+def _finite(value: Any) -> float | None:
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+async def _drain(track: MediaStreamTrack) -> None:
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            await track.recv()

@@ -1,0 +1,257 @@
+"""The real thing end to end: `stream-avatar serve` in a subprocess, Debian's chromium (headless, driven
+by Playwright) on web_client/, a fake microphone playing espeak-ng speech bursts.
+
+Asserted from the page: video decoded at >= 20 fps, the avatar's audio playing, and the mouth region of
+the shown video moving while the background stays still. Skipped visibly without chromium or the
+`playwright` package (Playwright's own browser download is not used: Debian's chromium is launched).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from tests.conftest import SpeechBursts
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 256
+SERVER_START_TIMEOUT_S = 60.0  # the first start enrolls the default avatar into the fresh store
+LIVE_TIMEOUT_MS = 15_000
+CAPTURE_S = 6.0  # the mic file loops every 7.4 s, its longest silence 2 s: 6 s hold a whole burst
+CAPTURE_INTERVAL_MS = 80
+# Regions as fractions of the frame (x0, y0, x1, y1). The mouth box is where the renderer's pixels
+# change for jawOpen 0.5-1.0 on the default avatar at 256² (measured: x 0.36-0.65, y 0.51-0.70; this
+# box is its core). The background box is the flag at the left edge: the renderer never touches it (head
+# sway reaches x >= 0.21), and it has edges, so a shifted or rescaled frame would show there.
+MOUTH_BOX = (0.40, 0.55, 0.60, 0.68)
+BACKGROUND_BOX = (0.0, 0.55, 0.08, 0.85)
+# Thresholds in grey levels (mean absolute difference over the box, 0-255), from frames rendered
+# offline: jawOpen 0.8 moves the mouth box by ~38 (0.5 by ~30); the idle sway at all its bounds at once
+# by ~10; a 1-px shift of the frame moves the flag box by ~12. VP8 coding noise on the still flag
+# measured 0.1-2.5 in this test. So the mouth must change by > 15 (a jaw movement; sway alone rarely
+# gets there, and the correlation below ties the change to the speech), the background by < 5.
+MOUTH_MIN_CHANGE = 15.0
+BACKGROUND_MAX_CHANGE = 5.0
+# The mouth pixels must follow the rig, i.e. the speech: correlation of jawOpen (latest data channel
+# message) with the mouth box's distance from its most closed sample. The rig arrives ahead of the
+# video by the jitter buffer and decode delay, so the best of lags 0-320 ms counts. Measured ~0.9; a
+# mouth that moved out of step with the speech (or only swayed) stays near 0.
+MIN_JAW_CORRELATION = 0.5
+MAX_LAG_SAMPLES = 4
+MIN_FPS = 20.0
+OPUS_RATE_HZ = 48_000
+
+
+@pytest.fixture
+def chromium() -> tuple[str, ModuleType]:
+    """(chromium executable, playwright.sync_api); checked before the server is started."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("chromium not installed: apt-get install chromium")
+    return exe, pytest.importorskip(
+        "playwright.sync_api", reason="playwright not installed: pip install playwright"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.2)
+    pytest.fail(
+        f"server not listening after {SERVER_START_TIMEOUT_S} s:\n{log.read_text(errors='replace')[-3000:]}"
+    )
+
+
+@pytest.fixture
+def server_url(tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    log = tmp_path / "server.log"
+    cmd = [sys.executable, "-m", "stream_avatar", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--size", str(SIZE), "--store", str(tmp_path / "store")]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # its own process group: killed whole at the end
+        )
+    try:
+        _wait_for_port(proc, port, log)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture
+def mic_wav(speech_bursts: SpeechBursts, tmp_path: Path) -> Path:
+    """The speech bursts as 16-bit mono WAV: what --use-file-for-fake-audio-capture reads (and loops)."""
+    path = tmp_path / "mic.wav"
+    pcm = np.clip(speech_bursts.samples * 32767.0, -32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(speech_bursts.sample_rate_hz)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+# Runs in the page: samples the shown <video> into a canvas every `interval` ms for `duration` ms and
+# returns grey levels of the two boxes, the rig at that instant, and getStats counters at both ends.
+CAPTURE_JS = """
+async ({duration, interval, mouth, background}) => {
+  const sa = window.streamAvatar;
+  const video = document.getElementById("video");
+  const w = video.videoWidth, h = video.videoHeight;
+  const ctx = Object.assign(document.createElement("canvas"), {width: w, height: h})
+    .getContext("2d", {willReadFrequently: true});
+  const grey = ([x0, y0, x1, y1]) => {
+    const [l, t] = [Math.round(x0 * w), Math.round(y0 * h)];
+    const d = ctx.getImageData(l, t, Math.round(x1 * w) - l, Math.round(y1 * h) - t).data;
+    const out = [];
+    for (let i = 0; i < d.length; i += 4) out.push(0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]);
+    return out;
+  };
+  const first = await sa.snapshot();
+  const samples = [];
+  const t0 = performance.now();
+  while (performance.now() - t0 < duration) {
+    ctx.drawImage(video, 0, 0, w, h);
+    samples.push({mouth: grey(mouth), background: grey(background), jaw: sa.lastRig?.rig?.jawOpen ?? null});
+    await new Promise((r) => setTimeout(r, interval));
+  }
+  const last = await sa.snapshot();
+  return {first, last, samples, size: [w, h], paused: video.paused, muted: video.muted,
+          tracks: video.srcObject.getTracks().map((t) => `${t.kind}:${t.readyState}`).sort(),
+          audioPlaying: sa.audioPlaying, rigMessages: sa.rigMessages, errors: sa.errors,
+          serverStats: sa.serverStats};
+}
+"""
+
+
+def _best_lagged_correlation(jaw: np.ndarray, mouth: np.ndarray) -> float:
+    """Max over lags of corr(jaw[t - lag], |mouth[t] - mouth at the lowest jaw|); jaw (n,), mouth (n, px)."""
+    valid = ~np.isnan(jaw)
+    if valid.sum() < 10 or np.nanstd(jaw) < 0.05:
+        return 0.0
+    rest = mouth[int(np.nanargmin(jaw))]
+    opened = np.abs(mouth - rest).mean(axis=1)
+    best = 0.0
+    for lag in range(MAX_LAG_SAMPLES + 1):
+        j, o = jaw[: len(jaw) - lag], opened[lag:]
+        ok = ~np.isnan(j)
+        best = max(best, float(np.corrcoef(j[ok], o[ok])[0, 1]))
+    return best
+
+
+def test_browser_talks(chromium: tuple[str, ModuleType], server_url: str, mic_wav: Path) -> None:
+    exe, sync_api = chromium
+    args = [
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={mic_wav}",
+        "--autoplay-policy=no-user-gesture-required",
+    ]
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, headless=True, args=args)
+        try:
+            page = browser.new_page()
+            console: list[str] = []
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+            page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+            page.goto(server_url)
+            page.click("#connect")
+            try:
+                page.wait_for_function(
+                    "() => window.streamAvatar.state === 'live' && window.streamAvatar.framesDecoded > 0"
+                    " && document.getElementById('video').videoWidth > 0",
+                    timeout=LIVE_TIMEOUT_MS,
+                )
+            except sync_api.TimeoutError:
+                state = page.evaluate("() => [window.streamAvatar.state, window.streamAvatar.errors]")
+                message = page.text_content("#message")
+                pytest.fail(f"not live within {LIVE_TIMEOUT_MS} ms: {state}, {message!r}, console {console}")
+            r = page.evaluate(
+                CAPTURE_JS,
+                {
+                    "duration": CAPTURE_S * 1000,
+                    "interval": CAPTURE_INTERVAL_MS,
+                    "mouth": MOUTH_BOX,
+                    "background": BACKGROUND_BOX,
+                },
+            )
+            page.click("#disconnect")
+            assert page.evaluate("window.streamAvatar.state") == "idle"
+        finally:
+            browser.close()
+
+    first, last = r["first"], r["last"]
+    dt_s = (last["t"] - first["t"]) / 1000.0
+    fps = (last["framesDecoded"] - first["framesDecoded"]) / dt_s
+    audio_rate = (last["audioSamplesReceived"] - first["audioSamplesReceived"]) / dt_s
+    mouth = np.array([s["mouth"] for s in r["samples"]])
+    background = np.array([s["background"] for s in r["samples"]])
+    mouth_change = np.abs(mouth - mouth[0]).mean(axis=1)
+    background_change = np.abs(background - background[0]).mean(axis=1)
+    jaw = np.array([s["jaw"] if s["jaw"] is not None else np.nan for s in r["samples"]])
+    correlation = _best_lagged_correlation(jaw, mouth)
+    jitter_ms = {
+        kind: 1000.0
+        * (last[f"{kind}JitterDelayS"] - first[f"{kind}JitterDelayS"])
+        / max(1, last[f"{kind}JitterEmitted"] - first[f"{kind}JitterEmitted"])
+        for kind in ("video", "audio")
+    }
+    summary = (
+        f"size {r['size']}, {fps:.1f} fps over {dt_s:.1f} s, audio {audio_rate:.0f} samples/s, "
+        f"mouth change max {mouth_change.max():.1f}, background change max {background_change.max():.2f}, "
+        f"jawOpen max {np.nanmax(jaw):.2f}, jaw/mouth correlation {correlation:.2f}, "
+        f"rig messages {r['rigMessages']}, errors {r['errors']}, "
+        f"browser jitter buffer video {jitter_ms['video']:.0f} ms / audio {jitter_ms['audio']:.0f} ms, "
+        f"server {r['serverStats']}"
+    )
+    print(summary)
+
+    assert r["size"] == [SIZE, SIZE], summary
+    assert dt_s >= 3.0, summary
+    assert fps >= MIN_FPS, summary
+    # The avatar's voice plays: the element runs unmuted and the decoder delivers ~48 k samples/s.
+    assert r["tracks"] == ["audio:live", "video:live"], summary
+    assert not r["paused"] and not r["muted"] and r["audioPlaying"], summary
+    assert audio_rate >= 0.8 * OPUS_RATE_HZ, summary
+    assert r["rigMessages"] > 0 and np.nanmax(jaw) > 0.2, summary
+    assert mouth_change.max() > MOUTH_MIN_CHANGE, summary
+    assert correlation > MIN_JAW_CORRELATION, summary
+    assert background_change.max() < BACKGROUND_MAX_CHANGE, summary
+    assert not r["errors"], summary

@@ -1,0 +1,286 @@
+// The page: buttons, the remote video, the stats panel and the rig bars. Signaling and WebRTC live in
+// session.js, getStats digestion in stats.js.
+
+import { AvatarSession } from "./session.js";
+import { StatsSampler, readCounters } from "./stats.js";
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  state: $("state"),
+  session: $("session"),
+  video: $("video"),
+  unmute: $("unmute"),
+  connect: $("connect"),
+  disconnect: $("disconnect"),
+  interrupt: $("interrupt"),
+  avatarForm: $("avatar-form"),
+  avatarId: $("avatar-id"),
+  avatarSwitch: $("avatar-switch"),
+  message: $("message"),
+  rig: $("rig"),
+  rigInfo: $("rig-info"),
+};
+
+const RIG_BARS = [
+  "jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthSmileLeft", "mouthStretchLeft",
+  "eyeBlinkLeft", "eyeBlinkRight", "browInnerUp",
+];
+// Echo cancellation keeps the avatar's own voice out of the mic; noise suppression and automatic gain
+// would reshape the level the mouth driver reads.
+const MIC_CONSTRAINTS = { audio: { echoCancellation: true, noiseSuppression: false, autoGainControl: false } };
+
+// Counters for people and for tests (tests/test_browser.py reads them).
+const live = {
+  state: "idle",
+  hello: null,
+  framesDecoded: 0,
+  framesShown: 0, // requestVideoFrameCallback count, where the browser has it
+  rigMessages: 0,
+  lastRig: null,
+  audioPlaying: false,
+  audioSamplesReceived: 0,
+  serverStats: null,
+  wsRttMs: null,
+  errors: [],
+  /** A fresh getStats reading (cumulative counters, `t` in ms), or null without a connection. */
+  snapshot: () => (current?.session.pc ? readCounters(current.session.pc) : Promise.resolve(null)),
+};
+window.streamAvatar = live;
+
+let current = null; // {session, mic, sampler, timer}
+
+function setState(state) {
+  live.state = state;
+  ui.state.textContent = state;
+  ui.state.dataset.state = state;
+  const busy = state !== "idle" && state !== "failed";
+  ui.connect.disabled = busy;
+  ui.disconnect.disabled = !busy;
+  ui.interrupt.disabled = state !== "live";
+  ui.avatarSwitch.disabled = state !== "live";
+}
+
+function showMessage(text, kind = "error") {
+  ui.message.textContent = text;
+  ui.message.className = `message ${kind}`;
+  ui.message.hidden = !text;
+}
+
+function fmt(v, unit = "", digits = 0) {
+  if (v == null || Number.isNaN(v)) return "–";
+  const x = Number(v.toFixed(digits)) || 0; // no "-0.0"
+  return `${x.toFixed(digits)}${unit}`;
+}
+const setText = (id, text) => {
+  $(id).textContent = text;
+};
+
+function micError(err) {
+  if (!navigator.mediaDevices?.getUserMedia) {
+    return "This page cannot use a microphone here: open it over https:// or from http://localhost.";
+  }
+  switch (err?.name) {
+    case "NotAllowedError":
+    case "SecurityError":
+      return "Microphone access was denied. Allow it for this site (the icon in the address bar) and connect again.";
+    case "NotFoundError":
+    case "OverconstrainedError":
+      return "No microphone was found. Plug one in and connect again.";
+    case "NotReadableError":
+      return "The microphone is in use by another program or could not be opened.";
+    default:
+      return `Could not open the microphone: ${err?.message ?? err}`;
+  }
+}
+
+async function connect() {
+  showMessage("");
+  setState("connecting");
+  let mic;
+  try {
+    if (!navigator.mediaDevices?.getUserMedia) throw new Error("no getUserMedia");
+    mic = await navigator.mediaDevices.getUserMedia(MIC_CONSTRAINTS);
+  } catch (err) {
+    showMessage(micError(err));
+    setState("idle");
+    return;
+  }
+  if (live.state !== "connecting") {
+    for (const t of mic.getTracks()) t.stop(); // disconnected while the permission prompt was open
+    return;
+  }
+  const session = new AvatarSession();
+  const remote = new MediaStream();
+  current = { session, mic, sampler: null, timer: null };
+  wire(session, remote);
+  try {
+    live.hello = await session.open();
+    await session.negotiate(mic);
+  } catch (err) {
+    if (current?.session === session) {
+      teardown("failed");
+      showMessage(`Could not connect: ${err.message}`);
+    }
+    return;
+  }
+  if (current?.session !== session) return; // disconnected while negotiating
+  current.sampler = new StatsSampler(session.pc);
+  current.timer = setInterval(pollStats, 1000);
+}
+
+function wire(session, remote) {
+  session.addEventListener("hello", ({ detail: h }) => {
+    ui.session.textContent =
+      `session ${h.session} · ${h.fps} fps · ${h.size}² · avatar ${h.avatar} · budget ${h.latency_budget_ms} ms`;
+  });
+  session.addEventListener("track", ({ detail: track }) => {
+    remote.addTrack(track);
+    if (ui.video.srcObject !== remote) ui.video.srcObject = remote;
+    play();
+  });
+  session.addEventListener("connectionstate", ({ detail: s }) => {
+    if (s === "connected") setState("live");
+    else if (s === "disconnected") setState("reconnecting");
+    else if (s === "failed") {
+      teardown("failed");
+      showMessage("The media connection failed (no network path to the server).");
+    }
+  });
+  session.addEventListener("rig", ({ detail: msg }) => {
+    live.rigMessages += 1;
+    live.lastRig = msg;
+    scheduleRig();
+  });
+  session.addEventListener("stats", ({ detail: s }) => {
+    live.serverStats = s;
+    setText("s-mouth", fmt(s.mouth_latency_ms, " ms"));
+    setText("s-fps", `${fmt(s.fps, "", 1)} / ${fmt(s.rtf, "", 2)}`);
+    setText("s-render", `${fmt(s.render_ms_p50, " ms", 1)} / ${fmt(s.render_ms_p95, " ms", 1)}`);
+    setText("s-late", `${s.late_frames ?? "–"} / ${s.dropped_frames ?? "–"}`);
+    setText("s-queue", `${s.queue_frames ?? "–"} frames / ${fmt(s.audio_dropped_s, " s", 1)}`);
+  });
+  session.addEventListener("rtt", ({ detail: ms }) => {
+    live.wsRttMs = ms;
+  });
+  session.addEventListener("cleared", ({ detail: m }) => {
+    showMessage(`Interrupted: ${fmt(m.dropped_s, " s", 2)} of queued audio dropped.`, "info");
+  });
+  session.addEventListener("avatar", ({ detail: m }) => {
+    showMessage(`Avatar now: ${m.avatar}`, "info");
+    if (live.hello) live.hello.avatar = m.avatar;
+  });
+  session.addEventListener("servererror", ({ detail: e }) => {
+    live.errors.push(e);
+    showMessage(`Server: ${e.message ?? "error"} (${e.code})`);
+  });
+  session.addEventListener("closed", ({ detail: why }) => {
+    if (current?.session !== session) return;
+    const during = live.state === "connecting" ? `Could not reach the server at ${session.url}` : "The server connection closed";
+    teardown("failed");
+    showMessage(`${during} (${why}).`);
+  });
+}
+
+function play() {
+  // The Connect click is the user gesture that allows sound; where a browser still refuses, the video
+  // plays muted and a button asks for a click.
+  ui.video.play().catch((err) => {
+    if (err.name !== "NotAllowedError") return;
+    ui.video.muted = true;
+    ui.unmute.hidden = false;
+    ui.video.play().catch(() => {});
+  });
+}
+
+async function pollStats() {
+  const c = current;
+  if (!c?.sampler) return;
+  let s;
+  try {
+    s = await c.sampler.sample();
+  } catch {
+    return; // the pc closed between two polls
+  }
+  live.framesDecoded = s.framesDecoded;
+  live.audioSamplesReceived = s.audioSamplesReceived;
+  live.audioPlaying = !ui.video.paused && !ui.video.muted && s.audioSamplesDelta > 0;
+
+  const rttMs = s.iceRttMs ?? live.wsRttMs;
+  const mouth = live.serverStats?.mouth_latency_ms;
+  setText("s-rxfps", s.videoFps == null ? "–" : `${s.videoFps.toFixed(1)} fps, ${s.frameWidth}×${s.frameHeight}`);
+  setText("s-jitter", `${fmt(s.videoJitterMs, " ms")} / ${fmt(s.audioJitterMs, " ms")}`);
+  setText("s-rtt", rttMs == null ? "–" : `${rttMs.toFixed(0)} ms (${s.iceRttMs == null ? "ws ping" : "ICE"})`);
+  const estimate = mouth != null && rttMs != null ? mouth + rttMs / 2 + (s.videoJitterMs ?? 0) : null;
+  setText("s-estimate", estimate == null ? "–" : `≈ ${estimate.toFixed(0)} ms`);
+}
+
+function teardown(state = "idle") {
+  const c = current;
+  current = null;
+  if (c) {
+    clearInterval(c.timer);
+    c.session.close();
+    for (const t of c.mic.getTracks()) t.stop();
+  }
+  ui.video.srcObject = null;
+  ui.video.muted = false;
+  ui.unmute.hidden = true;
+  live.audioPlaying = false;
+  setState(state);
+}
+
+// Rig bars: redrawn at most once per animation frame.
+const bars = new Map();
+for (const name of RIG_BARS) {
+  const row = document.createElement("div");
+  row.className = "rig-row";
+  row.innerHTML = `<span class="rig-name">${name}</span><span class="bar"><span></span></span><span class="rig-val">–</span>`;
+  ui.rig.append(row);
+  bars.set(name, { fill: row.querySelector(".bar > span"), value: row.querySelector(".rig-val") });
+}
+const head = document.createElement("div");
+head.className = "rig-head muted";
+ui.rig.append(head);
+
+let rigPending = false;
+function scheduleRig() {
+  if (rigPending) return;
+  rigPending = true;
+  requestAnimationFrame(() => {
+    rigPending = false;
+    const msg = live.lastRig;
+    const rig = msg?.rig ?? {};
+    for (const [name, { fill, value }] of bars) {
+      const v = Math.min(1, Math.max(0, rig[name] ?? 0));
+      fill.style.width = `${(100 * v).toFixed(1)}%`;
+      value.textContent = v.toFixed(2);
+    }
+    head.textContent =
+      `yaw ${fmt(rig.headYaw, "°", 1)} · pitch ${fmt(rig.headPitch, "°", 1)} · roll ${fmt(rig.headRoll, "°", 1)}`;
+    ui.rigInfo.textContent = msg ? `frame ${msg.frame} · ${fmt(msg.pts, " s", 2)}${msg.speaking ? " · speaking" : ""}` : "";
+  });
+}
+
+function countShownFrames() {
+  live.framesShown += 1;
+  ui.video.requestVideoFrameCallback(countShownFrames);
+}
+if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) ui.video.requestVideoFrameCallback(countShownFrames);
+
+ui.connect.addEventListener("click", connect);
+ui.disconnect.addEventListener("click", () => {
+  teardown("idle");
+  showMessage("");
+});
+ui.interrupt.addEventListener("click", () => current?.session.send({ type: "clear" }));
+ui.avatarForm.addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  current?.session.send({ type: "avatar", avatar: ui.avatarId.value.trim() || "default" });
+});
+ui.unmute.addEventListener("click", () => {
+  ui.video.muted = false;
+  ui.unmute.hidden = true;
+  play();
+});
+window.addEventListener("pagehide", () => teardown("idle"));
+setState("idle");
