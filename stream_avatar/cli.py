@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--store", metavar="DIR", default=None, help="avatar store (default: user data dir)")
 
     def add_render_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--emotion",
+            default=None,
+            metavar="NAME[:INTENSITY]",
+            help="the operator's emotion: neutral, happy, sad, angry, fear, disgusted, surprised, contempt; "
+            "intensity 0-1 (default 1); blend with +, e.g. happy:0.5+surprised:0.3",
+        )
         p.add_argument("--driver", default=None, help="motion driver (default dsp)")
         p.add_argument("--device", default=None, help="render device: auto, cpu, cuda (default auto)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -87,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
         add_common(server)
         add_render_opts(server)
 
+    sheet = sub.add_parser(
+        "sheet", help="contact sheet of an avatar: emotions, mouth shapes, blink, head poses"
+    )
+    sheet.add_argument("--avatar", default=None, metavar="IMAGE_OR_ID", help="image or avatar id")
+    sheet.add_argument("--out", required=True, metavar="PNG", help="output image (.png)")
+    sheet.add_argument("--device", default=None, help="render device: auto, cpu, cuda (default auto)")
+    add_common(sheet)
+
     demo = sub.add_parser("demo", help="render a spoken demo sentence (espeak-ng) to ./out/demo.mp4")
     demo.add_argument("--text", default=DEMO_TEXT, help="sentence to speak")
     demo.add_argument("--avatar", default=None, metavar="IMAGE_OR_ID", help="image or avatar id")
@@ -101,6 +116,7 @@ def _config(args: argparse.Namespace) -> Config:
         "store_dir": getattr(args, "store", None),
         "avatar": getattr(args, "avatar", None),
         "driver": getattr(args, "driver", None),
+        "emotion": getattr(args, "emotion", None),
         "device": getattr(args, "device", None),
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
@@ -133,6 +149,7 @@ def _render(audio: Path | str, out: Path, cfg: Config, rig_out: str | None, prog
         size=cfg.avatar.size,
         rig_out=rig_out,
         progress=progress,
+        emotion=cfg.engine.emotion_weights,
         store_dir=cfg.avatar.store_dir,
         device=cfg.engine.device,
         fps=cfg.engine.fps,
@@ -175,6 +192,23 @@ def synthesize_demo(text: str, wav_path: Path) -> None:
         raise UserError(f"espeak-ng failed: {reason}")
 
 
+def cmd_sheet(args: argparse.Namespace, cfg: Config) -> int:
+    from stream_avatar.session.engine import resolve_device
+    from stream_avatar.sheet import write_sheet
+
+    if not str(args.out).lower().endswith(".png"):
+        raise UserError(f"--out must name a .png file, got {args.out!r}")
+    path = write_sheet(
+        args.out,
+        cfg.avatar.spec,
+        size=cfg.avatar.size,
+        store_dir=cfg.avatar.store_dir,
+        device=resolve_device(cfg.engine.device),
+    )
+    print(path.resolve())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     with tempfile.TemporaryDirectory(prefix="stream-avatar-demo-") as tmp:
         wav = Path(tmp) / "demo.wav"
@@ -205,6 +239,7 @@ _COMMANDS = {
     "enroll": cmd_enroll,
     "render": cmd_render,
     "demo": cmd_demo,
+    "sheet": cmd_sheet,
     "serve": cmd_serve,
     "run": cmd_serve,
 }

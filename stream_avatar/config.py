@@ -11,6 +11,7 @@ TOML layout (every key optional)::
     driver = "dsp"
     max_buffer_s = 2.0
     device = "auto"          # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
+    emotion = "happy:0.5"    # the operator's emotion: NAME[:INTENSITY] terms joined by "+"
 
     [avatar]
     spec = "portrait.jpg"    # an image path or an enrolled avatar id; empty = the default avatar
@@ -25,8 +26,9 @@ TOML layout (every key optional)::
     audio_jitter_prefetch = 0  # 0: mic packets to the decoder on arrival; N: aiortc's buffer of N x 20 ms
 
 Environment variables use the key name: ``STREAM_AVATAR_FPS``, ``STREAM_AVATAR_DRIVER``,
-``STREAM_AVATAR_MAX_BUFFER_S``, ``STREAM_AVATAR_DEVICE``, ``STREAM_AVATAR_AVATAR`` (the spec),
-``STREAM_AVATAR_SIZE``, ``STREAM_AVATAR_STORE_DIR``, ``STREAM_AVATAR_HOST``, ``STREAM_AVATAR_PORT``,
+``STREAM_AVATAR_MAX_BUFFER_S``, ``STREAM_AVATAR_DEVICE``, ``STREAM_AVATAR_EMOTION``,
+``STREAM_AVATAR_AVATAR`` (the spec), ``STREAM_AVATAR_SIZE``, ``STREAM_AVATAR_STORE_DIR``,
+``STREAM_AVATAR_HOST``, ``STREAM_AVATAR_PORT``,
 ``STREAM_AVATAR_LATENCY_BUDGET_MS``, ``STREAM_AVATAR_MAX_SESSIONS``, ``STREAM_AVATAR_AUDIO_JITTER_PREFETCH``.
 """
 
@@ -60,12 +62,21 @@ class EngineConfig:
     driver: name of the audio-to-motion driver ("dsp").
     max_buffer_s: live input buffer bound in seconds of audio; beyond it the oldest audio is dropped.
     device: torch device for rendering; "auto" picks cuda when available, else cpu.
+    emotion: the operator's emotion, ``NAME[:INTENSITY]`` terms joined by ``+`` (e.g. ``happy:0.7``);
+      see ``stream_avatar.motion.emotion``.
     """
 
     fps: int = 25
     driver: str = "dsp"
     max_buffer_s: float = 2.0
     device: str = "auto"
+    emotion: str = "neutral"
+
+    @property
+    def emotion_weights(self) -> dict[str, float]:
+        from stream_avatar.motion.emotion import parse
+
+        return parse(self.emotion)
 
     def __post_init__(self) -> None:
         if not 1 <= self.fps <= 60 or 16000 % self.fps:
@@ -76,6 +87,12 @@ class EngineConfig:
             raise ConfigError(f"max_buffer_s must lie in 0.1..60 s, got {self.max_buffer_s}")
         if not self.device:
             raise ConfigError("device must not be empty")
+        from stream_avatar.motion.emotion import EmotionError, parse
+
+        try:
+            parse(self.emotion)
+        except EmotionError as exc:
+            raise ConfigError(f"emotion: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -132,6 +149,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "driver": ("engine", "driver"),
     "max_buffer_s": ("engine", "max_buffer_s"),
     "device": ("engine", "device"),
+    "emotion": ("engine", "emotion"),
     "avatar": ("avatar", "spec"),
     "size": ("avatar", "size"),
     "store_dir": ("avatar", "store_dir"),

@@ -20,7 +20,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -230,6 +230,7 @@ def render_file(
     device: str = "auto",
     fps: int = 25,
     max_buffer_s: float = 2.0,
+    emotion: Mapping[str, float] | None = None,
 ) -> RenderResult:
     """Render an audio file with an avatar into an MP4 (blocking; runs its own event loop).
 
@@ -238,6 +239,7 @@ def render_file(
       (image paths and None are enrolled at ``size`` through the store at ``store_dir``).
     driver_name: motion driver (``stream_avatar.session.engine.DRIVERS``).
     rig_out: optional JSONL of per-frame rigs. progress: tqdm bar on stderr.
+    emotion: the operator's emotion as weights (``stream_avatar.motion.emotion.parse``); None: neutral.
 
     Raises AudioFormatError (bad audio), EnrollmentError / AvatarStoreError (bad avatar), both
     ValueErrors with one-line messages; checked before anything is written.
@@ -253,6 +255,7 @@ def render_file(
         fps=fps,
         max_buffer_s=max_buffer_s,
         device=device,
+        emotion=emotion,
         warn_when_behind=False,  # slower than real time is expected offline on a CPU
     )
     job = render_engine_to_file(engine, samples, rate, out_path, rig_out=rig_out, progress=progress)

@@ -212,6 +212,9 @@ def test_browser_talks(chromium: tuple[str, ModuleType], server_url: str, mic_wa
                     "background": BACKGROUND_BOX,
                 },
             )
+            # The emotion control reaches the server and comes back confirmed.
+            page.select_option("#emotion", "surprised")
+            page.wait_for_function("() => window.streamAvatar.emotion === 'surprised:0.7'", timeout=5000)
             page.click("#disconnect")
             assert page.evaluate("window.streamAvatar.state") == "idle"
         finally:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from stream_avatar import cli
@@ -219,3 +220,49 @@ def test_config_missing_file_and_bad_env() -> None:
         load_config(environ={"STREAM_AVATAR_MAX_BUFFER_S": "nan"})
     with pytest.raises(ConfigError, match="unknown setting"):
         load_config({"colour": "red"}, environ={})
+
+
+# ------------------------------------------------------------------------------------ emotion, sheet
+
+
+def test_emotion_flag_and_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = load_config({"emotion": "happy:0.7"})
+    assert cfg.engine.emotion_weights == {"happy": 0.7}
+    assert load_config({}).engine.emotion_weights == {}
+    with pytest.raises(ConfigError, match="emotion"):
+        load_config({"emotion": "joy"})
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"")
+    code, _, err = run_cli(
+        capsys, "render", "--audio", str(wav), "--out", str(tmp_path / "o.mp4"), "--emotion", "happy:3"
+    )
+    assert code == 2
+    assert_one_line_error(err, "intensity of happy")
+
+
+def test_sheet_writes_a_contact_sheet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import cv2
+
+    from stream_avatar.sheet import sheet_cells
+
+    out = tmp_path / "sheet.png"
+    code, stdout, err = run_cli(
+        capsys, "sheet", "--out", str(out), "--size", "128", "--store", str(tmp_path / "s")
+    )
+    assert code == 0, err
+    assert Path(stdout.strip()) == out.resolve()
+    image = cv2.imread(str(out))
+    cells, columns, cell_px, label_px = len(sheet_cells()), 7, 224, 26
+    rows = -(-cells // columns)
+    assert image.shape == (rows * (cell_px + label_px), columns * cell_px, 3)
+    # The cells differ from each other (neutral vs happy vs jaw open ...), so the sheet shows something.
+    tiles = [
+        image[r * (cell_px + label_px) : r * (cell_px + label_px) + cell_px, c * cell_px : (c + 1) * cell_px]
+        for r in range(rows)
+        for c in range(columns)
+    ][:cells]
+    diffs = [np.abs(t.astype(int) - tiles[0].astype(int)).mean() for t in tiles[1:]]
+    assert min(diffs) > 0.05, diffs
+    code, _, err = run_cli(capsys, "sheet", "--out", str(tmp_path / "sheet.jpg"))
+    assert code == 2
+    assert_one_line_error(err, ".png")

@@ -206,6 +206,10 @@ async def test_bad_messages_get_errors_and_the_session_survives(server: AvatarSe
             '{"type": "avatar", "avatar": "../../etc/passwd"}': "bad_field",
             '{"type": "avatar", "avatar": "0123456789abcdef"}': "unknown_avatar",
             '{"type": "ping", "t": "soon"}': "bad_field",
+            '{"type": "emotion"}': "bad_field",
+            '{"type": "emotion", "emotion": "joy"}': "bad_field",
+            '{"type": "emotion", "emotion": "happy:2"}': "bad_field",
+            '{"type": "emotion", "weights": {"happy": "much"}}': "bad_field",
             json.dumps({"type": "ping", "t": 1, "pad": "x" * 70000}): "too_large",
         }
         for raw, code in cases.items():
@@ -214,6 +218,9 @@ async def test_bad_messages_get_errors_and_the_session_survives(server: AvatarSe
             assert "\n" not in reply["message"]
         assert await ask('{"type": "ping", "t": 12.5}') == {"type": "pong", "t": 12.5}
         assert (await ask('{"type": "clear"}'))["type"] == "cleared"  # before any offer: harmless
+        # An emotion before the offer is kept for the engine the offer builds.
+        reply = await ask('{"type": "emotion", "weights": {"sad": 0.5}}')
+        assert reply == {"type": "emotion", "emotion": "sad:0.5", "weights": {"sad": 0.5}}
     assert await wait_for(lambda: not server.sessions)
 
 
@@ -231,6 +238,14 @@ async def test_second_offer_is_refused_and_media_keeps_flowing(server: AvatarSer
         # Switching to the same avatar by id works; an unknown id is refused.
         await client.send({"type": "avatar", "avatar": "default"})
         assert (await client.reply("avatar"))["type"] == "avatar"
+        # The operator's emotion changes the face within a second (the rig channel shows it).
+        assert client.hello is not None and client.hello["emotion"] == "neutral"
+        await client.send({"type": "emotion", "emotion": "surprised:0.9"})
+        assert (await client.reply("emotion"))["weights"] == {"surprised": 0.9}
+        sent = time.monotonic()
+        await asyncio.sleep(1.0)
+        brows = [m["rig"]["browInnerUp"] for t, m in client.received.rig if t > sent + 0.8]
+        assert brows and min(brows) > 0.6, brows
     finally:
         await client.close()
 

@@ -16,6 +16,9 @@ const ui = {
   avatarForm: $("avatar-form"),
   avatarId: $("avatar-id"),
   avatarSwitch: $("avatar-switch"),
+  emotion: $("emotion"),
+  intensity: $("intensity"),
+  intensityValue: $("intensity-value"),
   message: $("message"),
   rig: $("rig"),
   rigInfo: $("rig-info"),
@@ -40,6 +43,7 @@ const live = {
   audioPlaying: false,
   audioSamplesReceived: 0,
   serverStats: null,
+  emotion: null, // the server's confirmation of the last emotion sent ("happy:0.7", "neutral")
   wsRttMs: null,
   errors: [],
   /** A fresh getStats reading (cumulative counters, `t` in ms), or null without a connection. */
@@ -115,6 +119,7 @@ async function connect() {
   wire(session, remote);
   try {
     live.hello = await session.open();
+    if (ui.emotion.value !== "neutral") sendEmotion();
     await session.negotiate(mic);
   } catch (err) {
     if (current?.session === session) {
@@ -132,6 +137,13 @@ function wire(session, remote) {
   session.addEventListener("hello", ({ detail: h }) => {
     ui.session.textContent =
       `session ${h.session} · ${h.fps} fps · ${h.size}² · avatar ${h.avatar} · budget ${h.latency_budget_ms} ms`;
+    // Show the server's starting emotion (its first term) unless one was picked here already.
+    const [name, value] = String(h.emotion ?? "neutral").split("+")[0].split(":");
+    if (ui.emotion.value === "neutral" && name !== "neutral" && [...ui.emotion.options].some((o) => o.value === name)) {
+      ui.emotion.value = name;
+      ui.intensity.value = value ?? "1";
+      ui.intensityValue.textContent = Number(ui.intensity.value).toFixed(2);
+    }
   });
   session.addEventListener("track", ({ detail: track }) => {
     remote.addTrack(track);
@@ -164,6 +176,9 @@ function wire(session, remote) {
   });
   session.addEventListener("cleared", ({ detail: m }) => {
     showMessage(`Interrupted: ${fmt(m.dropped_s, " s", 2)} of queued audio dropped.`, "info");
+  });
+  session.addEventListener("emotion", ({ detail: m }) => {
+    live.emotion = m.emotion;
   });
   session.addEventListener("avatar", ({ detail: m }) => {
     showMessage(`Avatar now: ${m.avatar}`, "info");
@@ -277,6 +292,15 @@ ui.avatarForm.addEventListener("submit", (ev) => {
   ev.preventDefault();
   current?.session.send({ type: "avatar", avatar: ui.avatarId.value.trim() || "default" });
 });
+function sendEmotion() {
+  const intensity = Number(ui.intensity.value);
+  ui.intensityValue.textContent = intensity.toFixed(2);
+  const name = ui.emotion.value;
+  // Sent before the offer too: the server keeps it for the session's engine.
+  current?.session.send({ type: "emotion", emotion: name === "neutral" ? "neutral" : `${name}:${intensity}` });
+}
+ui.emotion.addEventListener("change", sendEmotion);
+ui.intensity.addEventListener("input", sendEmotion);
 ui.unmute.addEventListener("click", () => {
   ui.video.muted = false;
   ui.unmute.hidden = true;

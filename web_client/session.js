@@ -1,6 +1,6 @@
 // One avatar session: the signaling WebSocket and the RTCPeerConnection (docs/protocol.md, version 1).
 //
-// Events (CustomEvent, payload in `detail`): "hello", "stats", "cleared", "avatar", "servererror"
+// Events (CustomEvent, payload in `detail`): "hello", "stats", "cleared", "avatar", "emotion", "servererror"
 // (the server's `error` messages: shown, never thrown), "rtt" (ms, from ping/pong), "rig" (one data
 // channel message), "track" (a remote MediaStreamTrack), "connectionstate" (pc.connectionState),
 // "closed" (the WebSocket closed; `detail` says why).
@@ -155,6 +155,7 @@ export class AvatarSession extends EventTarget {
       case "stats":
       case "cleared":
       case "avatar":
+      case "emotion":
         this.emit(msg.type, msg);
         break;
       default:

@@ -21,6 +21,11 @@ Pipeline per 20 ms chunk of 16 kHz audio (two 10 ms feature rows from ``FeatureS
    gate is off every target is 0.
 5. Smoothing: one-pole attack (tau 30 ms) / release (tau 80 ms) per coefficient, so the mouth opens
    quickly and closes a little slower, as real articulators do.
+6. Speech-linked head motion: speakers nod on phrase onsets and on stressed syllables. A nod fires
+   when the gate opens after a pause, or on a syllable within 3 dB of the tracked peak after a rise of
+   at least 6 dB (an accent), at most one per 0.6 s. Each nod is a smooth pulse on headPitch (chin
+   down; peak after 250 ms, gone after ~1.2 s), 0.8-2.0 degrees by loudness, with a small yaw
+   component of random side (seeded). Pulses add up; the idle sway comes on top in the engine.
 
 One ``MotionFrame`` is produced per video frame (16000 / fps samples; 640 at 25 fps). Its rig is the
 smoothed state after the last 20 ms chunk that ends at or before the frame's end: only audio up to the
@@ -50,6 +55,8 @@ _CLOSE = rig.index("mouthClose")
 _FUNNEL = rig.index("mouthFunnel")
 _STRETCH_L = rig.index("mouthStretchLeft")
 _STRETCH_R = rig.index("mouthStretchRight")
+_PITCH = rig.index("headPitch")
+_YAW = rig.index("headYaw")
 
 _EDGES = mel_band_edges_hz()
 _CENTERS_HZ = _EDGES[1:-1]
@@ -96,8 +103,9 @@ class DSPMouthDriver:
 
     ``push(samples)`` takes 16 kHz mono audio ((n,) float32 in [-1, 1]; int16 accepted) in any
     chunking and returns one ``MotionFrame`` per video frame completed by these samples. The rig has
-    jawOpen, mouthClose, mouthFunnel, mouthStretchLeft/Right set and every other coefficient 0.
-    ``seed`` is accepted for interface parity with stochastic drivers; this driver is deterministic.
+    jawOpen, mouthClose, mouthFunnel, mouthStretchLeft/Right and the nods' headPitch/headYaw set and
+    every other coefficient 0. ``seed`` picks the side of each nod's yaw; the same seed and audio give
+    the same frames.
     """
 
     name = "dsp"
@@ -117,6 +125,14 @@ class DSPMouthDriver:
     JAW_GAMMA = 1.4
     PEAK_ATTACK = 0.5
     PEAK_DECAY = 0.025
+    # Speech-linked nods (step 6).
+    NOD_PAUSE_S = 0.30  # a gate opening after at least this much non-speech is a phrase onset
+    NOD_REFRACTORY_S = 0.60
+    NOD_ACCENT_DB = 3.0  # an accent comes within this many dB of the peak ...
+    NOD_RISE_DB = 6.0  # ... after rising at least this much from the syllable's valley
+    NOD_DEG = (0.8, 2.0)
+    NOD_PEAK_S = 0.25
+    NOD_YAW_SHARE = 0.35
 
     def __init__(self, fps: float = 25, seed: int = 0, vad_aggressiveness: int = 2) -> None:
         if not 1 <= fps <= 120:
@@ -130,6 +146,8 @@ class DSPMouthDriver:
         self._a_interrupt = _alpha(self.INTERRUPT_RELEASE_S)
         self._hangover_chunks = round(self.HANGOVER_S / _CHUNK_S)
         self._pending = np.zeros(CHUNK_SAMPLES, dtype=np.float32)
+        self._nod_pause_chunks = round(self.NOD_PAUSE_S / _CHUNK_S)
+        self._nod_refractory_chunks = round(self.NOD_REFRACTORY_S / _CHUNK_S)
         self.reset()
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -139,6 +157,13 @@ class DSPMouthDriver:
         self._peak_db: float | None = None
         self._floor_db: float | None = None
         self._state = [0.0, 0.0, 0.0, 0.0]  # smoothed jaw, close, funnel, stretch
+        self._rng = np.random.default_rng(self.seed)
+        self._nods: list[tuple[int, float, float]] = []  # (start chunk, pitch deg, yaw deg)
+        self._head_hold = (0.0, 0.0)
+        self._chunk_count = 0
+        self._last_nod = -(10**9)
+        self._valley_db = math.inf
+        self.nod_starts: list[int] = []  # chunk index of every nod (tests, debugging)
         self.clear()
         self._interrupted = False
 
@@ -158,6 +183,9 @@ class DSPMouthDriver:
         self._next_frame_end = self._frame_end(0)
         self._since_speech = self._hangover_chunks + 1
         self._speaking = False
+        # An interrupted speaker stops nodding: the pose of the moment fades out in ~60 ms (no snap).
+        self._head_hold = self._head() if self._nods else (0.0, 0.0)
+        self._nods = []
 
     def _frame_end(self, k: int) -> int:
         """Sample index (exclusive) where video frame ``k`` ends, counted from the last clear()."""
@@ -196,17 +224,59 @@ class DSPMouthDriver:
         vec[_FUNNEL] = funnel
         vec[_STRETCH_L] = stretch
         vec[_STRETCH_R] = stretch
+        vec[_PITCH], vec[_YAW] = self._head()
         return MotionFrame(rig=rig.clamp(vec), speaking=self._speaking)
+
+    def _head(self) -> tuple[float, float]:
+        """Sum of the live nod pulses at the current chunk: (pitch, yaw) in degrees."""
+        pitch, yaw = self._head_hold
+        keep = []
+        for start, amp_pitch, amp_yaw in self._nods:
+            u = (self._chunk_count - start) * _CHUNK_S / self.NOD_PEAK_S
+            if u > 5.0:  # under 1 % of the peak: over
+                continue
+            keep.append((start, amp_pitch, amp_yaw))
+            shape = u * u * math.exp(2.0 * (1.0 - u))  # starts with zero speed, 1 at NOD_PEAK_S, decays
+            pitch += amp_pitch * shape
+            yaw += amp_yaw * shape
+        self._nods = keep
+        return pitch, yaw
+
+    def _maybe_nod(self, level_db: float, raw_speech: bool, was_speaking: bool, pause_chunks: int) -> None:
+        if not raw_speech:
+            self._valley_db = min(self._valley_db, level_db)
+            return
+        assert self._peak_db is not None
+        onset = not was_speaking and pause_chunks >= self._nod_pause_chunks
+        accent = (
+            level_db >= self._peak_db - self.NOD_ACCENT_DB and level_db - self._valley_db >= self.NOD_RISE_DB
+        )
+        self._valley_db = min(self._valley_db, level_db)
+        if not (onset or accent) or self._chunk_count - self._last_nod < self._nod_refractory_chunks:
+            return
+        strength = _ramp(level_db, self._peak_db - 12.0, self._peak_db)
+        amp = self.NOD_DEG[0] + (self.NOD_DEG[1] - self.NOD_DEG[0]) * strength
+        side = 1.0 if self._rng.uniform() < 0.5 else -1.0
+        self._nods.append((self._chunk_count, amp, side * self.NOD_YAW_SHARE * amp))
+        self._last_nod = self._chunk_count
+        self._valley_db = level_db  # the next accent needs a new valley-to-peak rise
+        self.nod_starts.append(self._chunk_count)
 
     def _process_chunk(self, chunk: np.ndarray) -> None:
         feats = self._features.push(chunk)  # exactly CHUNK_SAMPLES // HOP rows: chunks are hop-aligned
         raw_speech = self._vad.is_speech(chunk)
+        self._chunk_count += 1
+        self._head_hold = (0.7 * self._head_hold[0], 0.7 * self._head_hold[1])
+        pause_chunks = self._since_speech
+        was_speaking = self._speaking
         self._since_speech = 0 if raw_speech else self._since_speech + 1
         self._speaking = self._since_speech <= self._hangover_chunks
 
         power = np.exp(feats.astype(np.float64)).mean(axis=0)
         level_db = _DB_PER_NEPER * math.log(float(power[N_MELS]) + 1e-12)
         self._track_levels(level_db, raw_speech)
+        if self._peak_db is not None and not self._interrupted:
+            self._maybe_nod(level_db, raw_speech, was_speaking, pause_chunks)
 
         if self._speaking and self._peak_db is not None:
             target = self._targets(level_db, power[:N_MELS] @ _BAND_SUMS)

@@ -4,9 +4,10 @@
 rig with ``combine``. Everything is a function of the frame counter and a seeded generator, so two
 instances with the same seed and fps produce identical streams (tests, replays, A/B renders).
 
-- Blinks: both eyes, ~120 ms (fast close, slower open), one blink event every 2-6 s (uniform), and a
-  double blink (a second blink right after the first) in about 15% of events. The schedule depends only
-  on time, not on speech.
+- Blinks: both eyes, 100-150 ms each (fast close, slower open). Intervals follow the right-skewed
+  shape of human spontaneous blinking: 0.6 s + a gamma variable (shape 3), mean 3.5 s, capped at
+  10 s; about 15% of events are double blinks (a second blink right after the first). The schedule
+  depends only on time, not on speech.
 - Breathing: a slow sine on headPitch (period 3.5-5 s, ~0.3 deg).
 - Head sway: per axis a sum of three sines with incommensurate frequencies in 0.05-0.35 Hz and random
   phases: smooth, never repeating within a session, and bounded by construction (the amplitudes sum to
@@ -53,8 +54,11 @@ class IdleLife:
     reset) of every blink event so far (a double blink is one event).
     """
 
-    BLINK_INTERVAL_S = (2.0, 6.0)
-    BLINK_DURATION_S = 0.12
+    BLINK_MIN_INTERVAL_S = 0.6
+    BLINK_MEAN_INTERVAL_S = 3.5
+    BLINK_MAX_INTERVAL_S = 10.0
+    BLINK_GAMMA_SHAPE = 3.0
+    BLINK_DURATION_S = (0.10, 0.15)
     DOUBLE_BLINK_PROB = 0.15
     DOUBLE_BLINK_GAP_S = (0.06, 0.14)  # eyes open between the two blinks of a double blink
     SWAY_DEG = (1.5, 1.2, 1.0)  # yaw, pitch, roll bounds of the sway
@@ -86,9 +90,22 @@ class IdleLife:
         self._sway_scale = self.SILENT_SWAY
         self._ease = 1.0 - math.exp(-1.0 / (self.fps * self.SWAY_EASE_S))
         self.blink_starts_s: list[float] = []
-        self._active: list[float] = []  # start times of blinks that may still be visible
+        self.blink_durations_s: list[float] = []  # one per blink (a double blink has two)
+        self._active: list[tuple[float, float]] = []  # (start, duration) of blinks that may be visible
         # The first blink comes sooner than a full interval so a short clip still shows one.
-        self._next_blink_s = float(rng.uniform(0.5, self.BLINK_INTERVAL_S[1]))
+        self._next_blink_s = float(rng.uniform(0.5, self.BLINK_MEAN_INTERVAL_S))
+
+    def _blink_interval_s(self) -> float:
+        shape = self.BLINK_GAMMA_SHAPE
+        scale = (self.BLINK_MEAN_INTERVAL_S - self.BLINK_MIN_INTERVAL_S) / shape
+        interval = self.BLINK_MIN_INTERVAL_S + float(self._rng.gamma(shape, scale))
+        return min(interval, self.BLINK_MAX_INTERVAL_S)
+
+    def _add_blink(self, start: float) -> float:
+        duration = float(self._rng.uniform(*self.BLINK_DURATION_S))
+        self._active.append((start, duration))
+        self.blink_durations_s.append(duration)
+        return duration
 
     def next(self, speaking: bool = False) -> np.ndarray:
         """Motion for the next video frame (see class docstring)."""
@@ -101,14 +118,12 @@ class IdleLife:
         while self._next_blink_s <= t:
             start = self._next_blink_s
             self.blink_starts_s.append(start)
-            self._active.append(start)
+            duration = self._add_blink(start)
             if self._rng.uniform() < self.DOUBLE_BLINK_PROB:
-                self._active.append(
-                    start + self.BLINK_DURATION_S + float(self._rng.uniform(*self.DOUBLE_BLINK_GAP_S))
-                )
-            self._next_blink_s = start + float(self._rng.uniform(*self.BLINK_INTERVAL_S))
-        self._active = [s for s in self._active if t - s < self.BLINK_DURATION_S]
-        blink = max((_blink_curve(t - s, self.BLINK_DURATION_S) for s in self._active), default=0.0)
+                self._add_blink(start + duration + float(self._rng.uniform(*self.DOUBLE_BLINK_GAP_S)))
+            self._next_blink_s = start + self._blink_interval_s()
+        self._active = [(s, d) for s, d in self._active if t - s < d]
+        blink = max((_blink_curve(t - s, d) for s, d in self._active), default=0.0)
         out[_BLINK_L] = blink
         out[_BLINK_R] = blink
 

@@ -302,7 +302,7 @@ def blendshape_displacements(landmarks: np.ndarray) -> np.ndarray:
         g = _gauss(p, centre, 0.30) * above_eyes
         gi = _gauss(p, inner, 0.20) * above_eyes
         down[:, 1] = 0.09 * g + 0.03 * gi
-        down[:, 0] = -sgn * 0.06 * gi  # inner ends draw together
+        down[:, 0] = -sgn * 0.12 * gi  # inner ends draw together
         put(f"browDown{side}", down)
         out_up = np.zeros((n, 2))
         out_up[:, 1] = -0.12 * _gauss(p, outer, 0.22) * above_eyes
@@ -328,11 +328,17 @@ def blendshape_displacements(landmarks: np.ndarray) -> np.ndarray:
     puff[:, 0] = -0.08 * _gauss(p, cheek_l, 0.25) + 0.08 * _gauss(p, cheek_r, 0.25)
     put("cheekPuff", puff)
 
-    # --- nose sneer (AU9): the nose wing and upper lip side pull up.
-    for side, wing in (("Left", NOSE_WING_IMG_RIGHT), ("Right", NOSE_WING_IMG_LEFT)):
+    # --- nose sneer (AU9, with the upper-lip raise of AU10 that comes with it): the nose wing pulls
+    # up, and the upper lip on that side lifts off the lower one (above the lip seam only).
+    above_seam = (p[:, 1] < seam_v).astype(np.float64)
+    for side, wing, lip_pts in (
+        ("Left", NOSE_WING_IMG_RIGHT, (267, 269, 312, 311)),
+        ("Right", NOSE_WING_IMG_LEFT, (37, 39, 82, 81)),
+    ):
         sn = np.zeros((n, 2))
         c = p[idx(wing)].mean(axis=0)
-        sn[:, 1] = -0.07 * _gauss(p, c, 0.18)
+        sn[:, 1] = -0.10 * _gauss(p, c, 0.20)
+        sn[:, 1] += -0.06 * _gauss(p, p[idx(lip_pts)].mean(axis=0), 0.14) * above_seam
         put(f"noseSneer{side}", sn)
 
     return out

@@ -23,7 +23,7 @@ import torch
 from stream_avatar.motion import rig
 from stream_avatar.render import facs_basis as fb
 
-FORMAT_VERSION = "warp-v1"
+FORMAT_VERSION = "warp-v2"  # v2: brows draw together more, sneer lifts the upper lip
 GRID_STEP_PX = 3.0  # low-resolution flow grid spacing at the output resolution
 TPS_SMOOTHING = 1e-3  # regularisation of the spline in face units² (nearly interpolating)
 
@@ -250,4 +250,6 @@ def build_avatar_tensors(
         "iod": torch.tensor([iod], dtype=f32),
         "landmarks": torch.from_numpy(lm.astype(np.float32)),
         "person_mask": torch.from_numpy(mask.astype(np.float32)),
+        # where the renderer may move pixels (head and neck, feathered), 0..255
+        "head_weight": torch.from_numpy(np.round(np.clip(head_w, 0.0, 1.0) * 255.0).astype(np.uint8)),
     }

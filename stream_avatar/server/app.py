@@ -245,6 +245,7 @@ def build_server(cfg: Config) -> AvatarServer:
             fps=cfg.engine.fps,
             max_buffer_s=cfg.engine.max_buffer_s,
             device=device,
+            emotion=cfg.engine.emotion_weights,
             packet_lead=True,
         )
 
@@ -262,6 +263,7 @@ def build_server(cfg: Config) -> AvatarServer:
             size=size,
             latency_budget_ms=cfg.server.latency_budget_ms,
             audio_jitter_prefetch=cfg.server.audio_jitter_prefetch,
+            emotion=cfg.engine.emotion,
         ),
     )
     return AvatarServer(settings, resolve, engine, renderer)

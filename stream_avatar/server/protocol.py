@@ -15,7 +15,7 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_SDP_CHARS = 60 * 1024
 AVATAR_ID = re.compile(r"^(default|[0-9a-f]{16})$")
 
-CLIENT_TYPES = ("offer", "clear", "avatar", "ping")
+CLIENT_TYPES = ("offer", "clear", "avatar", "emotion", "ping")
 
 
 class ProtocolError(ValueError):
@@ -53,8 +53,29 @@ def parse(raw: str | bytes) -> dict[str, Any]:
         avatar = msg.get("avatar")
         if not isinstance(avatar, str) or not AVATAR_ID.match(avatar):
             raise ProtocolError("bad_field", '"avatar" needs "avatar": an enrolled avatar id or "default"')
+    elif kind == "emotion":
+        msg["weights"] = _emotion_weights(msg)
     elif kind == "ping":
         t = msg.get("t")
         if isinstance(t, bool) or not isinstance(t, (int, float)):
             raise ProtocolError("bad_field", '"ping" needs "t": a number')
     return msg
+
+
+def _emotion_weights(msg: dict[str, Any]) -> dict[str, float]:
+    """``emotion``: a spec string ("happy:0.7", "happy:0.5+surprised:0.3") or ``weights``: an object
+    {name: intensity}; exactly one of them."""
+    from stream_avatar.motion.emotion import EmotionError, parse, validate
+
+    spec, weights = msg.get("emotion"), msg.get("weights")
+    try:
+        if isinstance(spec, str) and weights is None and len(spec) <= 200:
+            return parse(spec)
+        if spec is None and isinstance(weights, dict) and len(weights) <= 16:
+            return validate(weights)
+    except EmotionError as exc:
+        raise ProtocolError("bad_field", f'"emotion": {exc}') from None
+    raise ProtocolError(
+        "bad_field",
+        '"emotion" needs either "emotion": "NAME[:INTENSITY]" (terms joined by +) or "weights": {name: 0..1}',
+    )

@@ -23,6 +23,7 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from stream_avatar.motion import emotion as emotion_mod
 from stream_avatar.motion import rig as rig_mod
 from stream_avatar.server import protocol
 from stream_avatar.server.media import (
@@ -47,12 +48,14 @@ class SessionSettings:
     latency_budget_ms: frames may wait this long for their tick before the oldest is dropped.
     audio_jitter_prefetch: 0 = release each mic packet on arrival (``LowDelayAudioJitterBuffer``);
     N >= 1 = aiortc's buffer holding N 20 ms packets (aiortc's own default: 4).
+    emotion: the engines' starting emotion spec (what the engine factory builds them with).
     """
 
     fps: int = 25
     size: int = 512
     latency_budget_ms: int = 80
     audio_jitter_prefetch: int = 0
+    emotion: str = "neutral"
 
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -94,6 +97,7 @@ class Session:
         self._started = time.monotonic()
         self._answered_at: float | None = None
         self._connected = asyncio.Event()  # the peer connection reached "connected": media may flow
+        self._emotion = emotion_mod.parse(settings.emotion)
         self.on_closed: Callable[[Session], None] | None = None
 
     # ---------------------------------------------------------------------------- plumbing
@@ -134,6 +138,7 @@ class Session:
                 "size": self.settings.size,
                 "avatar": self.avatar_id,
                 "latency_budget_ms": self.settings.latency_budget_ms,
+                "emotion": emotion_mod.format_spec(self._emotion),
             }
         )
 
@@ -150,6 +155,8 @@ class Session:
                 await self._on_clear()
             elif kind == "avatar":
                 await self._on_avatar(msg["avatar"])
+            elif kind == "emotion":
+                await self._on_emotion(msg["weights"])
             elif kind == "ping":
                 await self.send({"type": "pong", "t": msg["t"]})
         except protocol.ProtocolError as exc:
@@ -161,6 +168,7 @@ class Session:
         self._negotiated = True
         engine, self.avatar_id = await self._make_engine(self.avatar_id)
         self.engine = engine
+        engine.set_emotion(self._emotion)  # one sent before the offer, else the configured one
         pc = RTCPeerConnection()
         self.pc = pc
 
@@ -224,6 +232,12 @@ class Session:
             self._latency.restart()
             self._frames_since_clear = 0
         await self.send({"type": "cleared", "dropped_s": round(dropped, 3)})
+
+    async def _on_emotion(self, weights: dict[str, float]) -> None:
+        self._emotion = weights
+        if self.engine is not None:
+            self.engine.set_emotion(weights)
+        await self.send({"type": "emotion", "emotion": emotion_mod.format_spec(weights), "weights": weights})
 
     async def _on_avatar(self, avatar: str) -> None:
         try:

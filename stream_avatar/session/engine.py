@@ -30,7 +30,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Protocol
@@ -76,6 +76,17 @@ class Idle(Protocol):
     """Additive idle motion (blinks, breathing, sway): one rig vector per video frame."""
 
     def next(self, speaking: bool) -> np.ndarray: ...
+
+
+class Emotion(Protocol):
+    """The operator's expression layer (``stream_avatar.motion.emotion.EmotionLayer``)."""
+
+    @property
+    def weights(self) -> dict[str, float]: ...
+
+    def set(self, weights: Mapping[str, float]) -> None: ...
+
+    def apply(self, rig: np.ndarray) -> np.ndarray: ...
 
 
 class Renderer(Protocol):
@@ -209,6 +220,8 @@ class AvatarEngine:
     combine: ``(driver_rig, idle_rig) -> rig``; default clamp(driver + idle).
     warn_when_behind: log a warning (at most every 5 s) when compute is slower than real time.
       Off for offline rendering, where that is expected.
+    emotion: the operator's emotion layer (``stream_avatar.motion.emotion.EmotionLayer``), blended into
+      every frame's rig after driver + idle; None: a neutral one. ``set_emotion`` changes it.
     packet_lead: live input in packets (WebRTC): start each resampled stream with 2 ms of silence so
       a frame completes with the packet carrying its last sample (saves up to one packet of latency;
       audio and video shift together, so sync is unchanged). Off by default: exact sample alignment.
@@ -228,6 +241,7 @@ class AvatarEngine:
         combine: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
         warn_when_behind: bool = True,
         packet_lead: bool = False,
+        emotion: Emotion | None = None,
     ) -> None:
         if not 1 <= fps <= 60 or SAMPLE_RATE_HZ % fps:
             raise ValueError(f"fps must divide {SAMPLE_RATE_HZ} and lie in 1..60, got {fps}")
@@ -248,6 +262,11 @@ class AvatarEngine:
         self._combine = combine or _default_combine
         self._warn_when_behind = warn_when_behind
         self._packet_lead = packet_lead
+        if emotion is None:
+            from stream_avatar.motion.emotion import EmotionLayer
+
+            emotion = EmotionLayer(fps)  # neutral: leaves every rig as it is
+        self._emotion: Emotion = emotion
 
         # Shared state, guarded by _lock. _cond wakes the worker (input, clear, close, output room).
         self._lock = threading.Lock()
@@ -337,6 +356,16 @@ class AvatarEngine:
         Thread-safe: the worker reads the reference once per batch, and an attribute store is atomic.
         """
         self._renderer = renderer
+
+    def set_emotion(self, weights: Mapping[str, float]) -> None:
+        """Change the operator's emotion (validated weights, e.g. from ``emotion.parse``); the face
+        eases into it over the next frames. Thread-safe."""
+        self._emotion.set(weights)
+
+    @property
+    def emotion(self) -> dict[str, float]:
+        """The operator's current emotion target (empty: neutral)."""
+        return self._emotion.weights
 
     # ---------------------------------------------------------------------------------- input
 
@@ -642,6 +671,7 @@ class AvatarEngine:
         rigs = np.stack(
             [self._combine(np.asarray(m.rig, np.float32), self._idle.next(bool(m.speaking))) for m in motion]
         ).astype(np.float32)
+        rigs = np.stack([self._emotion.apply(r) for r in rigs]).astype(np.float32)
         t_motion = time.perf_counter() - t0
         out: list[_Computed] = []
         for b0 in range(0, len(motion), self._max_batch):
@@ -744,13 +774,16 @@ def build_engine(
     max_buffer_s: float = 2.0,
     device: str = "auto",
     seed: int = 0,
+    emotion: Mapping[str, float] | None = None,
     **engine_kwargs: Any,
 ) -> AvatarEngine:
     """An engine with the real pieces for one avatar (``stream_avatar.avatar.store.Avatar``).
 
-    Renderer: RendererWrapper(avatar.tensors, device); driver by name; IdleLife(fps, seed).
+    Renderer: RendererWrapper(avatar.tensors, device); driver by name; IdleLife(fps, seed); an
+    EmotionLayer starting at ``emotion`` (weights from ``emotion.parse``; None: neutral).
     Extra keyword arguments go to AvatarEngine (max_output_frames, max_batch, warn_when_behind).
     """
+    from stream_avatar.motion.emotion import EmotionLayer
     from stream_avatar.motion.idle import IdleLife, combine
     from stream_avatar.render.renderer import RendererWrapper
 
@@ -762,5 +795,6 @@ def build_engine(
         fps=fps,
         max_buffer_s=max_buffer_s,
         combine=combine,
+        emotion=EmotionLayer(fps, emotion),
         **engine_kwargs,
     )

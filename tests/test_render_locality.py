@@ -1,0 +1,65 @@
+"""Every rig coefficient at full strength moves only the head and neck: the background, the shoulders
+and the clothes stay where the photo has them (within 2 grey levels).
+
+The head-and-neck region is the renderer's own weight map (``head_weight``, built at enrollment from
+the person mask, the face and a neck column), grown by one flow-grid step: the flow is computed on a
+3-px grid and interpolated, so it may reach that far past the weight map's edge.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream_avatar.avatar.store import Avatar, AvatarStore
+from stream_avatar.motion import emotion, rig
+from stream_avatar.render.precompute import GRID_STEP_PX
+from stream_avatar.render.renderer import RendererWrapper
+
+SIZE = 256
+MAX_OUTSIDE_GREY = 2.0
+
+
+@pytest.fixture(scope="module")
+def avatar(tmp_path_factory: pytest.TempPathFactory) -> Avatar:
+    return AvatarStore(tmp_path_factory.mktemp("store")).resolve(None, size=SIZE)
+
+
+def _outside(avatar: Avatar) -> np.ndarray:
+    import cv2
+
+    region = (avatar.tensors["head_weight"].numpy() > 0).astype(np.uint8)
+    grow = 2 * int(np.ceil(GRID_STEP_PX)) + 1
+    region = cv2.dilate(region, np.ones((grow, grow), np.uint8))
+    return region == 0
+
+
+def _rigs() -> list[tuple[str, np.ndarray]]:
+    out = []
+    for name in rig.BLENDSHAPES:
+        out.append((name, rig.from_dict({name: 1.0})))
+    for name in rig.HEAD_POSE:
+        for deg in (-rig.HEAD_LIMIT_DEG, rig.HEAD_LIMIT_DEG):
+            out.append((f"{name}{deg:+g}", rig.from_dict({name: deg})))
+    for name in emotion.EMOTIONS[1:]:
+        out.append((name, emotion.expression_rig({name: 1.0})))
+    everything = rig.zeros()
+    everything[: rig.NUM_BLENDSHAPES] = 1.0
+    everything[rig.NUM_BLENDSHAPES :] = rig.HEAD_LIMIT_DEG
+    out.append(("all at once", everything))
+    return out
+
+
+def test_no_coefficient_moves_pixels_outside_the_head_and_neck(avatar: Avatar) -> None:
+    renderer = RendererWrapper(avatar.tensors, "cpu")
+    outside = _outside(avatar)
+    assert 0.3 < outside.mean() < 0.95  # a real region: not the whole frame, not nothing
+    neutral = renderer.render(rig.zeros())[0].astype(np.float32)
+    worst = {}
+    for name, values in _rigs():
+        frame = renderer.render(values)[0].astype(np.float32)
+        diff = np.abs(frame - neutral).max(axis=2)
+        worst[name] = float(diff[outside].max())
+        assert float(diff[~outside].max()) > 2 * MAX_OUTSIDE_GREY, name  # it does move the head
+    bad = {k: v for k, v in worst.items() if v > MAX_OUTSIDE_GREY}
+    assert not bad, bad
