@@ -66,7 +66,6 @@ def test_speech_brings_nods_and_silence_none(speech_bursts: SpeechBursts) -> Non
     frames = driver.push(speech_bursts.samples)
     pitch = np.array([f.rig[rig.index("headPitch")] for f in frames])
     yaw = np.array([f.rig[rig.index("headYaw")] for f in frames])
-    speech, silence = _masks(speech_bursts, len(frames))
     # Every burst starts with a nod (chin down, 0.8-2 degrees) that peaks during the burst.
     ends = _frame_ends(len(frames))
     for a, b in speech_bursts.bursts:

@@ -23,7 +23,7 @@ import torch
 from stream_avatar.motion import rig
 from stream_avatar.render import facs_basis as fb
 
-FORMAT_VERSION = "warp-v2"  # v2: brows draw together more, sneer lifts the upper lip
+FORMAT_VERSION = "warp-v2"  # v2: lips part along a seam; brows draw together more; sneer lifts the lip
 GRID_STEP_PX = 3.0  # low-resolution flow grid spacing at the output resolution
 TPS_SMOOTHING = 1e-3  # regularisation of the spline in face units² (nearly interpolating)
 
@@ -60,6 +60,57 @@ def tps_eval(ctrl: np.ndarray, weights: np.ndarray, query: np.ndarray, chunk: in
         q2 = ((q[:, None, :] - ctrl[None, :, :]) ** 2).sum(-1)
         out[i : i + chunk] = _tps_kernel(q2) @ weights[:-3] + weights[-3] + q @ weights[-2:]
     return out
+
+
+def head_pose_fields(landmarks: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """The renderer's head motion per degree of (yaw, pitch, roll) at ``points`` (P, 2) px → (3, P, 2) px.
+
+    A rigid rotation of a rounded head: yaw and pitch move each point by its height above the head's
+    silhouette plane (a sphere of the head's size around the face centre), roll rotates in the image
+    plane about the neck. Unweighted: the avatar's basis multiplies it by the head weight, which is 1
+    on the face (the inverse fitter uses it there as is).
+    """
+    lm = np.asarray(landmarks, dtype=np.float64)
+    pts = np.asarray(points, dtype=np.float64)[:, :2]
+    fr = fb.face_frame(lm)
+    oval = lm[list(fb.FACE_OVAL), :2]
+    face_c = oval.mean(axis=0)
+    face_w = float(np.ptp(oval @ fr.ex))
+    face_h = float(np.ptp(oval @ fr.ey))
+    radius = 0.62 * max(face_w, face_h)
+    rad = np.pi / 180.0
+    rel = pts - face_c
+    depth = np.sqrt(np.clip(radius**2 - (rel**2).sum(1), 0.0, None))
+    yaw = depth[:, None] * fr.ex[None, :] * rad
+    pitch = depth[:, None] * fr.ey[None, :] * rad
+    pivot = lm[152, :2] + 0.35 * face_h * fr.ey
+    rp = pts - pivot
+    roll = np.stack([-rp[:, 1], rp[:, 0]], 1) * rad
+    return np.stack([yaw, pitch, roll])
+
+
+SEAM_CORNER_FADE = 0.12  # face units beyond the mouth corners over which the two lip splines merge
+SEAM_SOFT = 0.01  # face units: width of the switch from the upper to the lower spline at the seam
+
+
+def _lip_seam(mesh_f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lips' seam in face units: (u, v) of the midline between the inner-lip contours, by u."""
+    up = mesh_f[list(fb.UPPER_INNER_LIP)]
+    lo = mesh_f[list(fb.LOWER_INNER_LIP)]
+    mid = (up + lo) / 2.0
+    order = np.argsort(mid[:, 0])
+    return mid[order, 0], mid[order, 1]
+
+
+def _below_seam(pf: np.ndarray, seam_u: np.ndarray, seam_v: np.ndarray) -> np.ndarray:
+    """Weight of the lower-lip spline at face-unit points (P, 2): 1 below the seam, 0 above, and 0.5
+    (the average) beyond the mouth corners, with smooth transitions."""
+    v_seam = np.interp(pf[:, 0], seam_u, seam_v)
+    step = np.clip((pf[:, 1] - v_seam) / SEAM_SOFT + 0.5, 0.0, 1.0)
+    outside = np.maximum(seam_u[0] - pf[:, 0], pf[:, 0] - seam_u[-1]).clip(min=0.0)
+    inside = 1.0 - np.clip(outside / SEAM_CORNER_FADE, 0.0, 1.0)
+    inside = inside * inside * (3.0 - 2.0 * inside)
+    return inside * step + (1.0 - inside) * 0.5
 
 
 def _blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -175,27 +226,38 @@ def build_avatar_tensors(
     # skin just outside the face oval follows it part of the way (jaw → under the chin, brows → forehead)
     disp[:, fb.MESH_POINTS : fb.MESH_POINTS + len(ring_idx)] = 0.40 * disp_mesh[:, ring_idx]
 
-    # Solve in face units for conditioning; one fit for all blendshapes (x and y as separate columns).
+    # The lips part along a seam, and a smooth spline cannot tear: with the mouth closed in the photo
+    # the upper and lower inner-lip points coincide while one stays and the other drops with the jaw,
+    # so a single spline would move both half-way (a smeared, half-open mouth). Instead two splines
+    # are fitted, one without the lower inner lip (valid above the seam) and one without the upper
+    # (valid below), and joined at the seam: the midline between the inner-lip contours across the
+    # mouth, fading to their average beyond the corners. Solved in face units for conditioning; one fit
+    # per side for all blendshapes (x and y as separate columns).
     ctrl_f = fr.to_face(ctrl)
-    weights = tps_fit(ctrl_f, disp.transpose(1, 0, 2).reshape(ctrl.shape[0], nb * 2))
-    flow_expr = tps_eval(ctrl_f, weights, fr.to_face(grid)).reshape(-1, nb, 2).transpose(1, 0, 2)
-    flow_expr *= w_grid[None, :, None]
+    values = disp.transpose(1, 0, 2).reshape(ctrl.shape[0], nb * 2)
+    keep_up = np.ones(ctrl.shape[0], bool)
+    keep_up[list(fb.LOWER_INNER_LIP[1:-1])] = False
+    keep_lo = np.ones(ctrl.shape[0], bool)
+    keep_lo[list(fb.UPPER_INNER_LIP[1:-1])] = False
+    w_up = tps_fit(ctrl_f[keep_up], values[keep_up])
+    w_lo = tps_fit(ctrl_f[keep_lo], values[keep_lo])
+    seam_u, seam_v = _lip_seam(fr.to_face(lm[: fb.MESH_POINTS, :2]))
 
-    # --- head pose per degree: a rigid rotation of a rounded head. Yaw and pitch move each point by its
-    # height above the head's silhouette plane (a sphere of the head's size), roll rotates in the image
-    # plane about the neck.
-    radius = 0.62 * max(face_w, face_h)
-    rad = np.pi / 180.0
+    def expr_fields(pts: np.ndarray, below: np.ndarray | None = None) -> np.ndarray:
+        """(P, 2) px → (NB, P, 2) px forward flow of every blendshape; ``below``: force the side."""
+        pf = fr.to_face(pts)
+        if below is None:
+            below = _below_seam(pf, seam_u, seam_v)
+        up = tps_eval(ctrl_f[keep_up], w_up, pf)
+        lo = tps_eval(ctrl_f[keep_lo], w_lo, pf)
+        mixed = up * (1.0 - below[:, None]) + lo * below[:, None]
+        return mixed.reshape(-1, nb, 2).transpose(1, 0, 2)
 
+    flow_expr = expr_fields(grid) * w_grid[None, :, None]
+
+    # --- head pose per degree (see head_pose_fields), faded out by the head weight
     def head_fields(pts: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        rel = pts - face_c
-        depth = np.sqrt(np.clip(radius**2 - (rel**2).sum(1), 0.0, None))
-        yaw = depth[:, None] * fr.ex[None, :] * rad
-        pitch = depth[:, None] * fr.ey[None, :] * rad
-        pivot = chin + 0.35 * face_h * fr.ey
-        rp = pts - pivot
-        roll = np.stack([-rp[:, 1], rp[:, 0]], 1) * rad
-        return np.stack([yaw, pitch, roll]) * weights[None, :, None]  # (3, P, 2)
+        return head_pose_fields(lm, pts) * weights[None, :, None]  # (3, P, 2)
 
     flow_head = head_fields(grid, w_grid)
     basis = np.concatenate([flow_expr, flow_head]).reshape(rig.RIG_SIZE, gh, gw, 2).transpose(0, 3, 1, 2)
@@ -206,8 +268,8 @@ def build_avatar_tensors(
     lip_idx = up_i + lo_i
     lip_src = lm[lip_idx, :2]  # (22, 2)
     w_lip = sample(head_w, lip_src)
-    lip_expr = tps_eval(ctrl_f, weights, fr.to_face(lip_src)).reshape(-1, nb, 2).transpose(1, 0, 2)
-    lip_expr = lip_expr * w_lip[None, :, None]
+    lip_side = np.r_[np.zeros(len(up_i)), np.ones(len(lo_i))]  # each contour moves with its own lip
+    lip_expr = expr_fields(lip_src, below=lip_side) * w_lip[None, :, None]
     lip_head = head_fields(lip_src, w_lip)
     lip_basis = np.concatenate([lip_expr, lip_head])  # (K, 22, 2)
 

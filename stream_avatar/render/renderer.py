@@ -211,9 +211,10 @@ class WarpRenderer(nn.Module):
         # where the photo shows its own upper teeth they already travel with the lip: add none
         own_teeth = (half_src3 / (0.03 * iod)).clamp(0.0, 1.0)
         up_h = torch.minimum(0.45 * gap, torch.full_like(gap, 0.11 * iod)) * (1.0 - own_teeth)
-        lo_h = (torch.minimum(0.30 * (gap - 0.12 * iod), torch.full_like(gap, 0.07 * iod)) - half_src3).clamp(
-            min=0.0
-        )
+        # the lower row: hidden behind the lower lip until the jaw is well open, then up to 0.07 IOD;
+        # the photo's own interior (its lower half travels with the jaw) never shows lower teeth in
+        # the band that opens, so they are drawn whether or not the photo's mouth was open
+        lo_h = torch.minimum(0.30 * (gap - 0.12 * iod), torch.full_like(gap, 0.07 * iod)).clamp(min=0.0)
         up_m = ((top + up_h - y) / soft + 0.5).clamp(0.0, 1.0) * (up_h / 1.0).clamp(0.0, 1.0)
         lo_m = ((y - (bottom - lo_h)) / soft + 0.5).clamp(0.0, 1.0) * (lo_h / 1.0).clamp(0.0, 1.0)
         tooth_w = 0.12 * iod
