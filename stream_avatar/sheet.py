@@ -30,6 +30,9 @@ EYES: tuple[tuple[str, dict[str, float]], ...] = (
     ("wink (left)", {"eyeBlinkLeft": 1.0}),
     ("eyes wide", {"eyeWideLeft": 1.0, "eyeWideRight": 1.0}),
     ("squint", {"eyeSquintLeft": 1.0, "eyeSquintRight": 1.0}),
+    ("look right", {"eyeLookOutLeft": 1.0, "eyeLookInRight": 1.0}),
+    ("look left", {"eyeLookInLeft": 1.0, "eyeLookOutRight": 1.0}),
+    ("look down", {"eyeLookDownLeft": 1.0, "eyeLookDownRight": 1.0}),
 )
 HEAD_POSES: tuple[tuple[str, dict[str, float]], ...] = (
     ("yaw -10", {"headYaw": -10.0}),

@@ -214,10 +214,27 @@ def test_head_sway_and_breathing_are_small_smooth_and_never_frozen() -> None:
     # Never frozen: every second of the minute has some head motion.
     per_second = np.abs(np.diff(head, axis=0)).reshape(-1)[: 59 * 25 * 3].reshape(59, -1).max(axis=1)
     assert per_second.min() > 1e-3
+    look = [i for i, name in enumerate(rig.RIG_NAMES) if name.startswith("eyeLook")]
     others = np.delete(
-        seq, [BLINK, rig.index("eyeBlinkRight"), *list(range(rig.NUM_BLENDSHAPES, rig.RIG_SIZE))], 1
+        seq, [BLINK, rig.index("eyeBlinkRight"), *look, *list(range(rig.NUM_BLENDSHAPES, rig.RIG_SIZE))], 1
     )
     assert not others.any()
+
+
+def test_idle_gaze_shifts_are_small_quick_and_irregular() -> None:
+    fps = 25
+    idle = IdleLife(fps=fps, seed=7)
+    seq = np.stack([idle.next(False) for _ in range(120 * fps)])
+    look = {name: seq[:, rig.index(name)] for name in rig.BLENDSHAPES if name.startswith("eyeLook")}
+    h = look["eyeLookOutLeft"] - look["eyeLookInLeft"]  # toward the image's right
+    assert np.allclose(h, look["eyeLookInRight"] - look["eyeLookOutRight"])  # both eyes together
+    v = look["eyeLookUpLeft"] - look["eyeLookDownLeft"]
+    assert np.abs(h).max() <= 0.6 + 1e-6 and np.abs(v).max() <= 0.4 + 1e-6 and np.abs(h).max() > 0.2
+    shifts = np.diff(idle.gaze_shifts_s)
+    assert shifts.min() >= 0.8 and shifts.max() <= 4.0 and 30 <= len(idle.gaze_shifts_s) <= 150
+    # Saccades: most of a jump happens within two frames, then the eyes hold still.
+    speed = np.hypot(np.diff(h), np.diff(v))
+    assert (speed > 0.01).mean() < 0.25
 
 
 def test_sway_grows_while_speaking() -> None:

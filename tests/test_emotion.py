@@ -91,7 +91,8 @@ def test_prototypes_follow_facs() -> None:
 
 def test_blend_is_bounded_and_keeps_the_head() -> None:
     rng = np.random.default_rng(0)
-    base = rig.clamp(rng.uniform(-0.2, 1.2, (50, rig.RIG_SIZE)) * np.r_[np.ones(30), 10, 10, 10])
+    scale = np.r_[np.ones(rig.NUM_BLENDSHAPES), np.full(len(rig.HEAD_POSE), 10.0)]
+    base = rig.clamp(rng.uniform(-0.2, 1.2, (50, rig.RIG_SIZE)) * scale)
     expr = emotion.expression_rig({"fear": 1.0})
     out = emotion.blend(base, expr)
     k = rig.NUM_BLENDSHAPES

@@ -63,3 +63,40 @@ def test_no_coefficient_moves_pixels_outside_the_head_and_neck(avatar: Avatar) -
         assert float(diff[~outside].max()) > 2 * MAX_OUTSIDE_GREY, name  # it does move the head
     bad = {k: v for k, v in worst.items() if v > MAX_OUTSIDE_GREY}
     assert not bad, bad
+
+
+def _darkness_centroid_x(frame: np.ndarray, box: tuple[int, int, int, int]) -> float:
+    x0, y0, x1, y1 = box
+    grey = frame[y0:y1, x0:x1].astype(np.float64).mean(axis=2)
+    dark = np.clip(120.0 - grey, 0.0, None)  # the iris and pupil, not the lids' skin
+    return float((dark.sum(axis=0) * np.arange(x1 - x0)).sum() / max(dark.sum(), 1e-9))
+
+
+@pytest.mark.parametrize(("look", "sign"), [("right", 1.0), ("left", -1.0)])
+def test_gaze_moves_the_irises_and_nothing_else(avatar: Avatar, look: str, sign: float) -> None:
+    from stream_avatar.motion.idle import gaze_rig
+
+    renderer = RendererWrapper(avatar.tensors, "cpu")
+    neutral = renderer.render(rig.zeros())[0]
+    frame = renderer.render(gaze_rig(sign, 0.0))[0]
+    lm = avatar.landmarks
+    iod = float(np.linalg.norm(lm[468, :2] - lm[473, :2]))
+    boxes = []
+    for centre in (lm[468, :2], lm[473, :2]):
+        cx, cy = centre
+        boxes.append(
+            (
+                int(cx - 0.3 * iod),
+                int(cy - 0.15 * iod),
+                int(np.ceil(cx + 0.3 * iod)),
+                int(np.ceil(cy + 0.15 * iod)),
+            )
+        )
+    for box in boxes:  # both irises move toward the image's side looked at
+        shift = _darkness_centroid_x(frame, box) - _darkness_centroid_x(neutral, box)
+        assert sign * shift > 0.2, (look, shift)
+    changed = np.abs(frame.astype(int) - neutral.astype(int)).max(axis=2) > 2
+    eyes = np.zeros_like(changed)
+    for x0, y0, x1, y1 in boxes:
+        eyes[y0 - 2 : y1 + 2, x0 - 2 : x1 + 2] = True
+    assert changed[eyes].any() and not changed[~eyes].any()

@@ -9,6 +9,9 @@ instances with the same seed and fps produce identical streams (tests, replays, 
   10 s; about 15% of events are double blinks (a second blink right after the first). The schedule
   depends only on time, not on speech.
 - Breathing: a slow sine on headPitch (period 3.5-5 s, ~0.3 deg).
+- Gaze shifts: every 0.8-4 s the eyes jump (a saccade, ~60 ms) to a new point near the centre (up to
+  60% of the rig's gaze range sideways, 40% up or down), and about every third jump returns to the
+  centre. Drawn from their own generator, so adding them left the blink schedule unchanged.
 - Head sway: per axis a sum of three sines with incommensurate frequencies in 0.05-0.35 Hz and random
   phases: smooth, never repeating within a session, and bounded by construction (the amplitudes sum to
   the axis limit, ~1.5 deg yaw). The sway eases to 70% while silent and back to 100% when speaking.
@@ -29,6 +32,21 @@ _BLINK_R = rig.index("eyeBlinkRight")
 _YAW = rig.index("headYaw")
 _PITCH = rig.index("headPitch")
 _ROLL = rig.index("headRoll")
+_LOOK = {name: rig.index(name) for name in rig.BLENDSHAPES if name.startswith("eyeLook")}
+
+
+def gaze_rig(h: float, v: float) -> np.ndarray:
+    """Gaze toward the image's right (h > 0) / up (v > 0), each in [-1, 1] → the eyeLook* values."""
+    out = rig.zeros()
+    if h > 0:
+        out[_LOOK["eyeLookOutLeft"]] = out[_LOOK["eyeLookInRight"]] = h
+    else:
+        out[_LOOK["eyeLookInLeft"]] = out[_LOOK["eyeLookOutRight"]] = -h
+    if v > 0:
+        out[_LOOK["eyeLookUpLeft"]] = out[_LOOK["eyeLookUpRight"]] = v
+    else:
+        out[_LOOK["eyeLookDownLeft"]] = out[_LOOK["eyeLookDownRight"]] = -v
+    return out
 
 
 def combine(driver_rig: np.ndarray, idle_rig: np.ndarray) -> np.ndarray:
@@ -49,9 +67,10 @@ def _blink_curve(u_s: float, duration_s: float) -> float:
 class IdleLife:
     """Additive idle motion at ``fps`` frames per second, deterministic under ``seed``.
 
-    ``next(speaking)`` -> (RIG_SIZE,) float32: eyeBlinkLeft/Right in [0, 1], headYaw/Pitch/Roll in
-    degrees; all other coefficients 0. ``blink_starts_s`` lists the start time (s, from the last
-    reset) of every blink event so far (a double blink is one event).
+    ``next(speaking)`` -> (RIG_SIZE,) float32: eyeBlinkLeft/Right and eyeLook* in [0, 1],
+    headYaw/Pitch/Roll in degrees; all other coefficients 0. ``blink_starts_s`` lists the start time
+    (s, from the last reset) of every blink event so far (a double blink is one event);
+    ``gaze_shifts_s`` the time of every gaze jump.
     """
 
     BLINK_MIN_INTERVAL_S = 0.6
@@ -61,6 +80,10 @@ class IdleLife:
     BLINK_DURATION_S = (0.10, 0.15)
     DOUBLE_BLINK_PROB = 0.15
     DOUBLE_BLINK_GAP_S = (0.06, 0.14)  # eyes open between the two blinks of a double blink
+    GAZE_INTERVAL_S = (0.8, 4.0)
+    GAZE_RANGE = (0.6, 0.4)  # |h|, |v| of an idle gaze target
+    GAZE_CENTRE_PROB = 0.35
+    SACCADE_S = 0.06  # time constant of the jump
     SWAY_DEG = (1.5, 1.2, 1.0)  # yaw, pitch, roll bounds of the sway
     BREATH_DEG = 0.3
     BREATH_PERIOD_S = (3.5, 5.0)
@@ -94,6 +117,12 @@ class IdleLife:
         self._active: list[tuple[float, float]] = []  # (start, duration) of blinks that may be visible
         # The first blink comes sooner than a full interval so a short clip still shows one.
         self._next_blink_s = float(rng.uniform(0.5, self.BLINK_MEAN_INTERVAL_S))
+        self._gaze_rng = np.random.default_rng([self.seed, 1])
+        self._gaze = np.zeros(2)
+        self._gaze_target = np.zeros(2)
+        self._next_gaze_s = float(self._gaze_rng.uniform(*self.GAZE_INTERVAL_S))
+        self._saccade = 1.0 - math.exp(-1.0 / (self.fps * self.SACCADE_S))
+        self.gaze_shifts_s: list[float] = []
 
     def _blink_interval_s(self) -> float:
         shape = self.BLINK_GAMMA_SHAPE
@@ -126,6 +155,16 @@ class IdleLife:
         blink = max((_blink_curve(t - s, d) for s, d in self._active), default=0.0)
         out[_BLINK_L] = blink
         out[_BLINK_R] = blink
+
+        while self._next_gaze_s <= t:
+            self.gaze_shifts_s.append(self._next_gaze_s)
+            if self._gaze_rng.uniform() < self.GAZE_CENTRE_PROB:
+                self._gaze_target = np.zeros(2)
+            else:
+                self._gaze_target = self._gaze_rng.uniform(-1.0, 1.0, 2) * np.asarray(self.GAZE_RANGE)
+            self._next_gaze_s += float(self._gaze_rng.uniform(*self.GAZE_INTERVAL_S))
+        self._gaze += self._saccade * (self._gaze_target - self._gaze)
+        out += gaze_rig(float(self._gaze[0]), float(self._gaze[1]))
 
         goal = 1.0 if speaking else self.SILENT_SWAY
         self._sway_scale += self._ease * (goal - self._sway_scale)

@@ -5,7 +5,9 @@ ARKit blendshape names (values in [0, 1]) followed by head pose angles in degree
 (``headYaw``, ``headPitch``, ``headRoll``; clamped to ``HEAD_LIMIT_DEG``).
 
 Sides follow ARKit: ``...Left`` is the subject's left, which is the image's right
-in an unmirrored portrait.
+in an unmirrored portrait. Gaze follows ARKit too: ``eyeLookIn`` turns that eye toward the
+nose, ``eyeLookOut`` away from it, so looking toward the image's right is
+``eyeLookOutLeft`` + ``eyeLookInRight``.
 
 Sign conventions for head pose, in image terms: positive yaw turns the face toward the
 image's right, positive pitch tilts the chin down (nod), positive roll tilts the head
@@ -49,6 +51,14 @@ BLENDSHAPES: tuple[str, ...] = (
     "cheekPuff",
     "noseSneerLeft",
     "noseSneerRight",
+    "eyeLookInLeft",
+    "eyeLookInRight",
+    "eyeLookOutLeft",
+    "eyeLookOutRight",
+    "eyeLookUpLeft",
+    "eyeLookUpRight",
+    "eyeLookDownLeft",
+    "eyeLookDownRight",
 )
 HEAD_POSE: tuple[str, ...] = ("headYaw", "headPitch", "headRoll")
 RIG_NAMES: tuple[str, ...] = BLENDSHAPES + HEAD_POSE

@@ -284,6 +284,15 @@ def blendshape_displacements(landmarks: np.ndarray) -> np.ndarray:
         squint[lo, 1] = -0.30 * gap.mean()
         squint[up, 1] = 0.12 * gap
         put(f"eyeSquint{side}", squint)
+        # gaze: the iris moves (``iris_displacements``); the lids follow a vertical gaze a little
+        # (looking down lowers the upper lid, looking up lifts it)
+        look_down = np.zeros((n, 2))
+        look_down[up, 1] = 0.30 * gap
+        look_down[cr, 1] = 0.15 * float(gap.mean())
+        put(f"eyeLookDown{side}", look_down)
+        look_up = np.zeros((n, 2))
+        look_up[up, 1] = -0.10 * gap
+        put(f"eyeLookUp{side}", look_up)
 
     # --- brows: inner raise (AU1), lowerer (AU4), outer raise (AU2). The forehead follows partly.
     above_eyes = _smoothstep(-p[:, 1], 0.05, 0.25)  # 1 above the eye line, 0 below
@@ -341,4 +350,35 @@ def blendshape_displacements(landmarks: np.ndarray) -> np.ndarray:
         sn[:, 1] += -0.06 * _gauss(p, p[idx(lip_pts)].mean(axis=0), 0.14) * above_seam
         put(f"noseSneer{side}", sn)
 
+    return out
+
+
+# Gaze: how far the iris travels at full eyeLook (face units). A real eye has ~0.14 IOD of horizontal
+# travel, but a 2D warp stretches the sclera beside the iris visibly beyond ~0.05: the rig's gaze is
+# for glances and idle eye movements, not for looking far aside.
+GAZE_TRAVEL = (0.05, 0.03)
+IRIS_POINTS = 10  # MediaPipe's refined mesh: 468..472 image-left iris, 473..477 image-right iris
+
+
+def iris_displacements(landmarks: np.ndarray) -> np.ndarray:
+    """Displacements of the 10 iris points (468..477) for every blendshape at value 1.
+
+    Returns (NUM_BLENDSHAPES, 10, 2) float64 pixels; only the eyeLook* rows are non-zero. Needs the
+    478-point mesh.
+    """
+    lm = np.asarray(landmarks, dtype=np.float64)
+    if lm.shape[0] < MESH_POINTS + IRIS_POINTS:
+        raise ValueError(f"iris displacements need the 478-point mesh, got {lm.shape[0]} points")
+    fr = face_frame(lm)
+    out = np.zeros((rig.NUM_BLENDSHAPES, IRIS_POINTS, 2))
+    du, dv = GAZE_TRAVEL
+    # (side, rows of that eye's iris points, +u direction of "out" for that eye)
+    for side, rows, out_sign in (("Right", slice(0, 5), -1.0), ("Left", slice(5, 10), 1.0)):
+        for name, vec in (
+            (f"eyeLookOut{side}", fr.vec(out_sign * du, 0.0)),
+            (f"eyeLookIn{side}", fr.vec(-out_sign * du, 0.0)),
+            (f"eyeLookUp{side}", fr.vec(0.0, -dv)),
+            (f"eyeLookDown{side}", fr.vec(0.0, dv)),
+        ):
+            out[rig.index(name), rows] = vec
     return out

@@ -23,7 +23,7 @@ import torch
 from stream_avatar.motion import rig
 from stream_avatar.render import facs_basis as fb
 
-FORMAT_VERSION = "warp-v2"  # v2: lips part along a seam; brows draw together more; sneer lifts the lip
+FORMAT_VERSION = "warp-v3"  # v3: gaze (eyeLook*); v2: lips part along a seam, brows, sneer
 GRID_STEP_PX = 3.0  # low-resolution flow grid spacing at the output resolution
 TPS_SMOOTHING = 1e-3  # regularisation of the spline in face units² (nearly interpolating)
 
@@ -225,6 +225,10 @@ def build_avatar_tensors(
     disp[:, : fb.MESH_POINTS] = disp_mesh
     # skin just outside the face oval follows it part of the way (jaw → under the chin, brows → forehead)
     disp[:, fb.MESH_POINTS : fb.MESH_POINTS + len(ring_idx)] = 0.40 * disp_mesh[:, ring_idx]
+    if lm.shape[0] >= fb.MESH_POINTS + fb.IRIS_POINTS:  # gaze: the irises move inside still lids
+        iris = lm[fb.MESH_POINTS : fb.MESH_POINTS + fb.IRIS_POINTS, :2]
+        ctrl = np.concatenate([ctrl, iris])
+        disp = np.concatenate([disp, fb.iris_displacements(lm)], axis=1)
 
     # The lips part along a seam, and a smooth spline cannot tear: with the mouth closed in the photo
     # the upper and lower inner-lip points coincide while one stays and the other drops with the jaw,
