@@ -214,6 +214,9 @@ def test_head_sway_and_breathing_are_small_smooth_and_never_frozen() -> None:
     # Never frozen: every second of the minute has some head motion.
     per_second = np.abs(np.diff(head, axis=0)).reshape(-1)[: 59 * 25 * 3].reshape(59, -1).max(axis=1)
     assert per_second.min() > 1e-3
+    shift = seq[:, [rig.index("headX"), rig.index("headY")]]
+    assert 0.1 < np.abs(shift).max() < 2.0  # mm: the head's position drifts a little
+    assert np.abs(np.diff(shift, axis=0)).max() < 0.05
     look = [i for i, name in enumerate(rig.RIG_NAMES) if name.startswith("eyeLook")]
     others = np.delete(
         seq, [BLINK, rig.index("eyeBlinkRight"), *look, *list(range(rig.NUM_BLENDSHAPES, rig.RIG_SIZE))], 1

@@ -57,7 +57,11 @@ BROW_GESTURES: tuple[dict[str, tuple[float, float]], ...] = (
 )
 
 
-def random_rig(seed: int, head_deg: float = 8.0) -> np.ndarray:
+ANG = slice(rig.NUM_BLENDSHAPES, rig.NUM_BLENDSHAPES + len(rig.HEAD_ANGLES))
+SHIFT = slice(ANG.stop, rig.RIG_SIZE)
+
+
+def random_rig(seed: int, head_deg: float = 8.0, shift_mm: float = 0.0) -> np.ndarray:
     """A sparse, plausible rig: jaw often open, one mouth and one brow gesture, head within ±head_deg."""
     g = np.random.default_rng(seed)
     v = rig.zeros()
@@ -70,7 +74,8 @@ def random_rig(seed: int, head_deg: float = 8.0) -> np.ndarray:
     v[close] = min(v[close], v[rig.index("jawOpen")])  # ARKit: mouthClose never exceeds jawOpen
     for name, (lo, hi) in BROW_GESTURES[seed % len(BROW_GESTURES)].items():
         v[rig.index(name)] = g.uniform(lo, hi)
-    v[rig.NUM_BLENDSHAPES :] = g.uniform(-head_deg, head_deg, 3)
+    v[ANG] = g.uniform(-head_deg, head_deg, 3)
+    v[SHIFT] = g.uniform(-shift_mm, shift_mm, 2)
     return v
 
 
@@ -128,7 +133,7 @@ def test_renderer_head_fields_match_the_avatars_flow_basis(avatar: Avatar) -> No
     rx, ry, rw, rh = (int(v) for v in avatar.tensors["roi"].tolist())
     pts = avatar.landmarks[: fb.MESH_POINTS, :2].astype(np.float64)
     grid = np.stack([(pts[:, 0] - rx) / (rw - 1) * 2 - 1, (pts[:, 1] - ry) / (rh - 1) * 2 - 1], axis=-1)
-    g = torch.from_numpy(grid[None, None].astype(np.float32)).expand(3, -1, -1, -1)
+    g = torch.from_numpy(grid[None, None].astype(np.float32)).expand(len(rig.HEAD_POSE), -1, -1, -1)
     sampled = F.grid_sample(basis[rig.NUM_BLENDSHAPES :], g, align_corners=True)[:, :, 0].permute(0, 2, 1)
     ours = fitter.renderer_head_fields(avatar.landmarks)
     assert np.abs(ours - sampled.numpy()).max() < 0.05  # px per degree; the fields reach ~2 px per degree
@@ -169,13 +174,16 @@ def test_synthetic_motion_is_recovered(avatar: Avatar, framing: fitter.Framing) 
     others = [i for i in range(rig.RIG_SIZE) if i not in (*press, close)]
     worst, worst_close = np.zeros(rig.RIG_SIZE), 0.0
     for seed in range(8):
-        truth = random_rig(seed)
+        truth = random_rig(seed, shift_mm=4.0 if framing == "video" else 0.0)  # "fixed" fits no shift
         moved: np.ndarray
         if framing == "fixed":
             moved = neutral[: fb.MESH_POINTS, :2] + np.tensordot(truth, np.concatenate([disp, head]), axes=1)
         else:
-            posed = rotate(neutral, *truth[rig.NUM_BLENDSHAPES :])[: fb.MESH_POINTS, :2]
-            moved = posed + np.tensordot(truth[: rig.NUM_BLENDSHAPES], disp, axes=1)
+            posed = rotate(neutral, *truth[ANG])[: fb.MESH_POINTS, :2]
+            px_per_mm = fb.face_frame(neutral).iod / rig.IOD_MM
+            moved = (
+                posed + np.tensordot(truth[: rig.NUM_BLENDSHAPES], disp, axes=1) + truth[SHIFT] * px_per_mm
+            )
         res = fitter.fit(moved, neutral, framing=framing, ridge=1e-8, sparsity=0.0, iterations=8)
         assert res.residual_px < 1e-3, (seed, res.residual_px)
         worst = np.maximum(worst, np.abs(res.rig - truth))
@@ -206,7 +214,10 @@ def test_translated_and_scaled_face_fits_to_zero(avatar: Avatar) -> None:
     moved = anchor + 1.35 * (lm - anchor) + np.array([-23.0, 11.0, 0.0])
     res = fitter.fit(moved, lm)
     assert res.rig[: rig.NUM_BLENDSHAPES].max() < 0.01
-    assert np.abs(res.rig[rig.NUM_BLENDSHAPES :]).max() < 0.05
+    assert np.abs(res.rig[ANG]).max() < 0.05
+    # the rig's headX/headY is the face's shift in mm (at the neutral's scale)
+    px_per_mm = fb.face_frame(lm).iod / rig.IOD_MM
+    np.testing.assert_allclose(res.rig[SHIFT], np.clip(res.translation_px / px_per_mm, -15, 15), atol=1e-3)
     assert res.scale == pytest.approx(1.35, abs=1e-4)
     assert res.residual_px < 0.01
     # the similarity maps the neutral onto the frame: centre + s (p - centre) + t
@@ -220,7 +231,7 @@ def test_video_framing_reads_a_real_turn_with_translation(avatar: Avatar) -> Non
     for angles in ((12.0, 0.0, 0.0), (0.0, -10.0, 0.0), (-9.0, 7.0, -13.0)):
         frame = 0.8 * rotate(lm, *angles) + np.array([30.0, -12.0, 0.0])
         res = fitter.fit(frame, lm)
-        np.testing.assert_allclose(res.rig[rig.NUM_BLENDSHAPES :], angles, atol=0.05)
+        np.testing.assert_allclose(res.rig[ANG], angles, atol=0.05)
         assert res.rig[: rig.NUM_BLENDSHAPES].max() < 0.01
 
 
@@ -251,7 +262,8 @@ def test_round_trip_render_detect_fit(avatar: Avatar, renderer: RendererWrapper)
         fits.append(fitter.fit(faces[0], avatar.landmarks, framing="fixed").rig)
     err = np.abs(np.stack(fits) - truths)
     per_coef = err[:, SCORED_IDX].mean(axis=0)
-    head = err[:, rig.NUM_BLENDSHAPES :]
+    head = err[:, ANG]
+    shift = err[:, SHIFT]
     print("\nround trip MAE per coefficient:")
     for name, e in zip(SCORED, per_coef, strict=True):
         print(f"  {name:18s} {e:.3f}")
@@ -261,5 +273,7 @@ def test_round_trip_render_detect_fit(avatar: Avatar, renderer: RendererWrapper)
     print(
         f"  head |err| deg max (yaw, pitch, roll) {head.max(axis=0).round(2)}, mean {head.mean(0).round(2)}"
     )
+    print(f"  head shift |err| mm max (x, y) {shift.max(axis=0).round(2)}, mean {shift.mean(0).round(2)}")
     assert per_coef.mean() <= 0.1
     assert head.max() <= 2.0, head.round(2)
+    assert shift.max() <= 1.5, shift.round(2)

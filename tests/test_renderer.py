@@ -33,7 +33,7 @@ def _diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_shape_dtype_and_finite(renderer: RendererWrapper) -> None:
     coeffs = np.random.default_rng(0).uniform(0, 1, (3, rig.RIG_SIZE)).astype(np.float32)
-    coeffs[:, rig.NUM_BLENDSHAPES :] = np.random.default_rng(1).uniform(-5, 5, (3, 3))
+    coeffs[:, rig.NUM_BLENDSHAPES :] = np.random.default_rng(1).uniform(-5, 5, (3, len(rig.HEAD_POSE)))
     frames = renderer.render(coeffs)
     assert frames.shape == (3, SIZE, SIZE, 3)
     assert frames.dtype == np.uint8

@@ -19,7 +19,9 @@ Two framings, because head pose is observed differently in them:
 - ``"fixed"``: the frame shares the neutral's camera and crop, as frames rendered from an avatar do (or a
   stabilised crop). No similarity is fitted, and the pose is the renderer's own per-degree head field
   (``precompute``: a sphere of the head's size turned about the silhouette plane for yaw and pitch, an
-  image-plane rotation about a pivot under the chin for roll). Fitting then inverts the renderer.
+  image-plane rotation about a pivot under the chin for roll). Fitting then inverts the renderer. The
+  renderer's headX/headY shift is not fitted here: on the face its yaw and pitch are nearly a slide
+  too, and the two would trade off; a fixed-framing frame is taken to have no shift.
 
 Why two: the renderer turns the head mostly by sliding the face across the static background, with
 little parallax inside the face, and Face Mesh reports such a frame as a shifted face. With translation
@@ -60,7 +62,7 @@ __all__ = [
 Framing = Literal["video", "fixed"]
 
 _NB = rig.NUM_BLENDSHAPES
-_NH = len(rig.HEAD_POSE)
+_NH = len(rig.HEAD_ANGLES)
 _RAD = math.pi / 180.0
 
 RIDGE = 0.02
@@ -108,7 +110,9 @@ class FitResult:
     """One fitted frame.
 
     Attributes:
-        rig: (RIG_SIZE,) float32: blendshapes in [0, 1], head angles in degrees clamped to the rig's range.
+        rig: (RIG_SIZE,) float32: blendshapes in [0, 1], head angles in degrees and the head's shift in mm
+            (headX/headY: with ``"video"`` the face's translation converted at the neutral's scale; 0 with
+            ``"fixed"``, see ``fit``), clamped to the rig's ranges.
         residual_px: RMS distance, frame pixels, between the frame's 468 mesh points and the fitted model.
         scale: frame size / neutral size (1 with ``framing="fixed"``).
         translation_px: (2,) float64 shift of the face, frame pixels (0 with ``framing="fixed"``).
@@ -286,7 +290,9 @@ def fit(
             axis=1,
         )
     else:
-        pose = _RendererPose(neutral, renderer_head_fields(neutral_full))
+        # Angles only: on the face the renderer's yaw and pitch are nearly a slide, so a shift column
+        # would trade off against them (8 degrees read as a few mm); "fixed" assumes no shift.
+        pose = _RendererPose(neutral, renderer_head_fields(neutral_full)[:_NH])
         nuisance = np.zeros((2 * fb.MESH_POINTS, 0))
         iterations = 1
     n_x = _NB + _NH + nuisance.shape[1]
@@ -300,6 +306,7 @@ def fit(
 
     angles = np.zeros(_NH)
     coef = np.zeros(_NB)
+    shift_mm = np.zeros(len(rig.HEAD_SHIFT))
     scale, shift = 1.0, np.zeros(2)
     for _ in range(max(1, iterations)):
         posed, jac = pose(angles)
@@ -307,7 +314,7 @@ def fit(
         back = (frame - centre - shift) / scale + centre
         b = (back - posed).reshape(-1)
         a = np.concatenate([a_blend, jac.reshape(_NH, -1).T, nuisance], axis=1)
-        if nuisance.shape[1]:
+        if framing == "video":
             a[:, -1] = (posed - centre).reshape(-1)
         aw = a * sw[:, None]
         norms = np.linalg.norm(aw, axis=0)
@@ -318,15 +325,17 @@ def fit(
         x = z / norms
         coef = x[:_NB]
         angles = angles + x[_NB : _NB + _NH]
-        if nuisance.shape[1]:
+        if framing == "video":
             # back ≈ posed + A·coef + d_shift + d_scale·(posed − centre): fold d_* into the similarity
             shift = shift + scale * x[_NB + _NH : _NB + _NH + 2]
             scale = scale * (1.0 + x[-1])
 
     posed, _ = pose(angles)
+    if framing == "video":  # the face's shift in the frame, in mm at the neutral's scale
+        shift_mm = shift / (fb.face_frame(neutral_full).iod / rig.IOD_MM)
     model = centre + scale * (posed + np.tensordot(coef, blend, axes=1) - centre) + shift
     residual = float(np.sqrt(((model - frame) ** 2).sum(axis=1).mean()))
-    out = np.concatenate([coef, angles]).astype(np.float32)
+    out = np.concatenate([coef, angles, shift_mm]).astype(np.float32)
     return FitResult(
         rig=rig.clamp(out),
         residual_px=residual,

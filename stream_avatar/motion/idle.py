@@ -12,6 +12,7 @@ instances with the same seed and fps produce identical streams (tests, replays, 
 - Gaze shifts: every 0.8-4 s the eyes jump (a saccade, ~60 ms) to a new point near the centre (up to
   60% of the rig's gaze range sideways, 40% up or down), and about every third jump returns to the
   centre. Drawn from their own generator, so adding them left the blink schedule unchanged.
+- Head drift: the head's position wanders by about a millimetre (headX/headY, two slow sines each).
 - Head sway: per axis a sum of three sines with incommensurate frequencies in 0.05-0.35 Hz and random
   phases: smooth, never repeating within a session, and bounded by construction (the amplitudes sum to
   the axis limit, ~1.5 deg yaw). The sway eases to 70% while silent and back to 100% when speaking.
@@ -32,6 +33,8 @@ _BLINK_R = rig.index("eyeBlinkRight")
 _YAW = rig.index("headYaw")
 _PITCH = rig.index("headPitch")
 _ROLL = rig.index("headRoll")
+_SHIFT_X = rig.index("headX")
+_SHIFT_Y = rig.index("headY")
 _LOOK = {name: rig.index(name) for name in rig.BLENDSHAPES if name.startswith("eyeLook")}
 
 
@@ -68,9 +71,9 @@ class IdleLife:
     """Additive idle motion at ``fps`` frames per second, deterministic under ``seed``.
 
     ``next(speaking)`` -> (RIG_SIZE,) float32: eyeBlinkLeft/Right and eyeLook* in [0, 1],
-    headYaw/Pitch/Roll in degrees; all other coefficients 0. ``blink_starts_s`` lists the start time
-    (s, from the last reset) of every blink event so far (a double blink is one event);
-    ``gaze_shifts_s`` the time of every gaze jump.
+    headYaw/Pitch/Roll in degrees, headX/headY in mm; all other coefficients 0.
+    ``blink_starts_s`` lists the start time (s, from the last reset) of every blink event so far (a
+    double blink is one event); ``gaze_shifts_s`` the time of every gaze jump.
     """
 
     BLINK_MIN_INTERVAL_S = 0.6
@@ -85,6 +88,7 @@ class IdleLife:
     GAZE_CENTRE_PROB = 0.35
     SACCADE_S = 0.06  # time constant of the jump
     SWAY_DEG = (1.5, 1.2, 1.0)  # yaw, pitch, roll bounds of the sway
+    DRIFT_MM = (1.2, 0.8)  # headX, headY bounds of the slow drift of the head's position
     BREATH_DEG = 0.3
     BREATH_PERIOD_S = (3.5, 5.0)
     SILENT_SWAY = 0.7  # sway scale while silent (1.0 while speaking)
@@ -107,6 +111,10 @@ class IdleLife:
         weights = rng.uniform(0.5, 1.0, size=(3, 3))
         self._sway_amp_deg = weights / weights.sum(axis=1, keepdims=True) * np.asarray(self.SWAY_DEG)[:, None]
         self._breath_period_s = float(rng.uniform(*self.BREATH_PERIOD_S))
+        drift_rng = np.random.default_rng([self.seed, 2])  # its own stream: the others stay as they were
+        self._drift_freq_hz = drift_rng.uniform(0.03, 0.15, size=(2, 2))
+        self._drift_phase = drift_rng.uniform(0.0, 2.0 * math.pi, size=(2, 2))
+        self._drift_amp_mm = np.asarray(self.DRIFT_MM)[:, None] / 2.0
         self._breath_phase = float(rng.uniform(0.0, 2.0 * math.pi))
         self._rng = rng
         self._frame = 0
@@ -173,6 +181,11 @@ class IdleLife:
         )
         sway *= self._sway_scale
         breath = self.BREATH_DEG * math.sin(2.0 * math.pi * t / self._breath_period_s + self._breath_phase)
+        drift = (
+            self._drift_amp_mm * np.sin(2.0 * math.pi * self._drift_freq_hz * t + self._drift_phase)
+        ).sum(axis=1)
+        out[_SHIFT_X] = drift[0] * self._sway_scale
+        out[_SHIFT_Y] = drift[1] * self._sway_scale
         out[_YAW] = sway[0]
         out[_PITCH] = sway[1] + breath
         out[_ROLL] = sway[2]

@@ -1,8 +1,10 @@
 """The rig: the one motion vector shared by drivers, renderer, data channel and fitter.
 
 A rig frame is a float32 vector of ``RIG_SIZE`` values laid out as ``RIG_NAMES``:
-ARKit blendshape names (values in [0, 1]) followed by head pose angles in degrees
-(``headYaw``, ``headPitch``, ``headRoll``; clamped to ``HEAD_LIMIT_DEG``).
+ARKit blendshape names (values in [0, 1]) followed by the head pose: angles in degrees
+(``headYaw``, ``headPitch``, ``headRoll``; clamped to ``HEAD_LIMIT_DEG``) and a translation in
+millimetres (``headX`` toward the image's right, ``headY`` down; clamped to ``HEAD_LIMIT_MM``; the
+renderer converts with a 63 mm inter-ocular distance).
 
 Sides follow ARKit: ``...Left`` is the subject's left, which is the image's right
 in an unmirrored portrait. Gaze follows ARKit too: ``eyeLookIn`` turns that eye toward the
@@ -60,11 +62,16 @@ BLENDSHAPES: tuple[str, ...] = (
     "eyeLookDownLeft",
     "eyeLookDownRight",
 )
-HEAD_POSE: tuple[str, ...] = ("headYaw", "headPitch", "headRoll")
+HEAD_ANGLES: tuple[str, ...] = ("headYaw", "headPitch", "headRoll")
+HEAD_SHIFT: tuple[str, ...] = ("headX", "headY")
+HEAD_POSE: tuple[str, ...] = HEAD_ANGLES + HEAD_SHIFT
 RIG_NAMES: tuple[str, ...] = BLENDSHAPES + HEAD_POSE
 RIG_SIZE: int = len(RIG_NAMES)
 NUM_BLENDSHAPES: int = len(BLENDSHAPES)
 HEAD_LIMIT_DEG: float = 15.0
+HEAD_LIMIT_MM: float = 15.0
+IOD_MM: float = 63.0  # adult mean inter-ocular distance: converts the face's own scale to mm
+_LIMITS = np.array([HEAD_LIMIT_DEG] * len(HEAD_ANGLES) + [HEAD_LIMIT_MM] * len(HEAD_SHIFT), np.float32)
 
 _INDEX: dict[str, int] = {name: i for i, name in enumerate(RIG_NAMES)}
 
@@ -84,10 +91,11 @@ def zeros(batch: int | None = None) -> np.ndarray:
 
 
 def clamp(rig: np.ndarray) -> np.ndarray:
-    """Clamp blendshapes to [0, 1] and head angles to +-HEAD_LIMIT_DEG (any leading shape)."""
+    """Clamp blendshapes to [0, 1], head angles to +-HEAD_LIMIT_DEG and the head's shift to
+    +-HEAD_LIMIT_MM (any leading shape)."""
     out = np.asarray(rig, dtype=np.float32).copy()
     out[..., :NUM_BLENDSHAPES] = np.clip(out[..., :NUM_BLENDSHAPES], 0.0, 1.0)
-    out[..., NUM_BLENDSHAPES:] = np.clip(out[..., NUM_BLENDSHAPES:], -HEAD_LIMIT_DEG, HEAD_LIMIT_DEG)
+    out[..., NUM_BLENDSHAPES:] = np.clip(out[..., NUM_BLENDSHAPES:], -_LIMITS, _LIMITS)
     return out
 
 

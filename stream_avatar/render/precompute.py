@@ -23,7 +23,7 @@ import torch
 from stream_avatar.motion import rig
 from stream_avatar.render import facs_basis as fb
 
-FORMAT_VERSION = "warp-v3"  # v3: gaze (eyeLook*); v2: lips part along a seam, brows, sneer
+FORMAT_VERSION = "warp-v4"  # v4: headX/Y; v3: gaze (eyeLook*); v2: lips part along a seam
 GRID_STEP_PX = 3.0  # low-resolution flow grid spacing at the output resolution
 TPS_SMOOTHING = 1e-3  # regularisation of the spline in face units² (nearly interpolating)
 
@@ -63,12 +63,14 @@ def tps_eval(ctrl: np.ndarray, weights: np.ndarray, query: np.ndarray, chunk: in
 
 
 def head_pose_fields(landmarks: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """The renderer's head motion per degree of (yaw, pitch, roll) at ``points`` (P, 2) px → (3, P, 2) px.
+    """The renderer's head motion per unit of every head-pose entry at ``points`` (P, 2) px →
+    (len(rig.HEAD_POSE), P, 2) px: per degree of yaw, pitch, roll, then per mm of headX, headY.
 
     A rigid rotation of a rounded head: yaw and pitch move each point by its height above the head's
     silhouette plane (a sphere of the head's size around the face centre), roll rotates in the image
-    plane about the neck. Unweighted: the avatar's basis multiplies it by the head weight, which is 1
-    on the face (the inverse fitter uses it there as is).
+    plane about the neck; the shift is a plain translation (IOD = ``rig.IOD_MM``). Unweighted: the
+    avatar's basis multiplies it by the head weight, which is 1 on the face (the inverse fitter uses
+    it there as is).
     """
     lm = np.asarray(landmarks, dtype=np.float64)
     pts = np.asarray(points, dtype=np.float64)[:, :2]
@@ -86,7 +88,10 @@ def head_pose_fields(landmarks: np.ndarray, points: np.ndarray) -> np.ndarray:
     pivot = lm[152, :2] + 0.35 * face_h * fr.ey
     rp = pts - pivot
     roll = np.stack([-rp[:, 1], rp[:, 0]], 1) * rad
-    return np.stack([yaw, pitch, roll])
+    px_per_mm = fr.iod / rig.IOD_MM
+    shift_x = np.broadcast_to(np.array([px_per_mm, 0.0]), pts.shape)
+    shift_y = np.broadcast_to(np.array([0.0, px_per_mm]), pts.shape)
+    return np.stack([yaw, pitch, roll, shift_x, shift_y])
 
 
 SEAM_CORNER_FADE = 0.12  # face units beyond the mouth corners over which the two lip splines merge
@@ -261,7 +266,7 @@ def build_avatar_tensors(
 
     # --- head pose per degree (see head_pose_fields), faded out by the head weight
     def head_fields(pts: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        return head_pose_fields(lm, pts) * weights[None, :, None]  # (3, P, 2)
+        return head_pose_fields(lm, pts) * weights[None, :, None]  # (len(HEAD_POSE), P, 2)
 
     flow_head = head_fields(grid, w_grid)
     basis = np.concatenate([flow_expr, flow_head]).reshape(rig.RIG_SIZE, gh, gw, 2).transpose(0, 3, 1, 2)
