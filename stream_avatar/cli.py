@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sheet", help="contact sheet of an avatar: emotions, mouth shapes, blink, head poses"
     )
     sheet.add_argument("--avatar", default=None, metavar="IMAGE_OR_ID", help="image or avatar id")
-    sheet.add_argument("--out", required=True, metavar="PNG", help="output image (.png)")
+    sheet.add_argument("--out", required=True, metavar="IMAGE", help="output image (.png or .jpg)")
+    sheet.add_argument("--cell", type=int, default=224, help="cell size in pixels (default 224)")
     sheet.add_argument("--device", default=None, help="render device: auto, cpu, cuda (default auto)")
     add_common(sheet)
 
@@ -196,14 +197,19 @@ def cmd_sheet(args: argparse.Namespace, cfg: Config) -> int:
     from stream_avatar.session.engine import resolve_device
     from stream_avatar.sheet import write_sheet
 
-    if not str(args.out).lower().endswith(".png"):
-        raise UserError(f"--out must name a .png file, got {args.out!r}")
+    from stream_avatar.sheet import SUFFIXES
+
+    if not str(args.out).lower().endswith(SUFFIXES):
+        raise UserError(f"--out must name a .png or .jpg file, got {args.out!r}")
+    if not 64 <= args.cell <= 1024:
+        raise UserError(f"--cell must lie in 64..1024 pixels, got {args.cell}")
     path = write_sheet(
         args.out,
         cfg.avatar.spec,
         size=cfg.avatar.size,
         store_dir=cfg.avatar.store_dir,
         device=resolve_device(cfg.engine.device),
+        cell_px=args.cell,
     )
     print(path.resolve())
     return 0

@@ -40,6 +40,7 @@ HEAD_POSES: tuple[tuple[str, dict[str, float]], ...] = (
     ("pitch +8 (nod)", {"headPitch": 8.0}),
     ("pitch -8", {"headPitch": -8.0}),
     ("roll +8", {"headRoll": 8.0}),
+    ("shift x +8 mm", {"headX": 8.0}),
 )
 
 
@@ -105,6 +106,9 @@ def make_sheet(
     return np.concatenate(rows, axis=0)
 
 
+SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
 def write_sheet(
     out: str | os.PathLike[str],
     avatar_spec: str | None = None,
@@ -112,18 +116,20 @@ def write_sheet(
     size: int = 512,
     store_dir: str | os.PathLike[str] | None = None,
     device: str = "cpu",
+    cell_px: int = 224,
 ) -> Path:
-    """Enroll/load the avatar, render the sheet, write it as PNG; returns the path."""
+    """Enroll/load the avatar, render the sheet, write it (PNG, or JPEG at quality 90); returns the path."""
     import cv2
 
     from stream_avatar.avatar.store import AvatarStore
 
     avatar = AvatarStore(store_dir).resolve(avatar_spec, size=size)
-    image = make_sheet(avatar, sheet_cells(), device=device)
+    image = make_sheet(avatar, sheet_cells(), device=device, cell_px=cell_px)
     path = Path(out)
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"the sheet is written as PNG: give a .png path, got {path.name!r}")
+    if path.suffix.lower() not in SUFFIXES:
+        raise ValueError(f"the sheet is written as PNG or JPEG: give a .png or .jpg path, got {path.name!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), np.ascontiguousarray(image[:, :, ::-1])):
+    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if path.suffix.lower() != ".png" else []
+    if not cv2.imwrite(str(path), np.ascontiguousarray(image[:, :, ::-1]), params):
         raise OSError(f"cannot write {path}")
     return path

@@ -263,6 +263,6 @@ def test_sheet_writes_a_contact_sheet(tmp_path: Path, capsys: pytest.CaptureFixt
     ][:cells]
     diffs = [np.abs(t.astype(int) - tiles[0].astype(int)).mean() for t in tiles[1:]]
     assert min(diffs) > 0.01 and float(np.median(diffs)) > 1.0, [round(d, 3) for d in diffs]
-    code, _, err = run_cli(capsys, "sheet", "--out", str(tmp_path / "sheet.jpg"))
+    code, _, err = run_cli(capsys, "sheet", "--out", str(tmp_path / "sheet.gif"))
     assert code == 2
     assert_one_line_error(err, ".png")
