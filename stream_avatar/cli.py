@@ -195,9 +195,7 @@ def synthesize_demo(text: str, wav_path: Path) -> None:
 
 def cmd_sheet(args: argparse.Namespace, cfg: Config) -> int:
     from stream_avatar.session.engine import resolve_device
-    from stream_avatar.sheet import write_sheet
-
-    from stream_avatar.sheet import SUFFIXES
+    from stream_avatar.sheet import SUFFIXES, write_sheet
 
     if not str(args.out).lower().endswith(SUFFIXES):
         raise UserError(f"--out must name a .png or .jpg file, got {args.out!r}")
