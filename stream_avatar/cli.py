@@ -103,6 +103,37 @@ def build_parser() -> argparse.ArgumentParser:
     sheet.add_argument("--device", default=None, help="render device: auto, cpu, cuda (default auto)")
     add_common(sheet)
 
+    data = sub.add_parser("data", help="training data: synthesize a dataset")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    synth = data_sub.add_parser("synth", help="phoneme-aligned emotional speech with rig targets (espeak-ng)")
+    synth.add_argument("--hours", type=float, required=True, help="hours of audio to generate")
+    synth.add_argument("--out", required=True, metavar="DIR", help="output directory (new or empty)")
+    synth.add_argument("--seed", type=int, default=0, help="the same seed gives the same dataset")
+    synth.add_argument(
+        "--languages",
+        default=None,
+        help="comma-separated espeak-ng languages (default en,es,fr,de,hi,ar,ja,cmn)",
+    )
+    synth.add_argument(
+        "--holdout-language",
+        default=None,
+        help="a language kept out of training (default hi when present), or none",
+    )
+    synth.add_argument("--speakers-per-language", type=int, default=10)
+    synth.add_argument("--workers", type=int, default=0, help="processes (default: one per CPU)")
+    synth.add_argument("--no-augment", action="store_true", help="clean audio only")
+    synth.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    corpus = data_sub.add_parser("corpus", help="read a CREMA-D / RAVDESS / MEAD folder: labels and splits")
+    corpus.add_argument("root", metavar="DIR", help="the extracted corpus (its published layout)")
+    corpus.add_argument(
+        "--kind", choices=("crema-d", "ravdess", "mead"), default=None, help="default: detect"
+    )
+    corpus.add_argument(
+        "--out", metavar="JSONL", default=None, help="write one line per item, with its split"
+    )
+    corpus.add_argument("--seed", type=int, default=0, help="speaker split seed")
+
     demo = sub.add_parser("demo", help="render a spoken demo sentence (espeak-ng) to ./out/demo.mp4")
     demo.add_argument("--text", default=DEMO_TEXT, help="sentence to speak")
     demo.add_argument("--avatar", default=None, metavar="IMAGE_OR_ID", help="image or avatar id")
@@ -239,6 +270,96 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace, cfg: Config) -> int:
+    if args.data_command == "corpus":
+        return _cmd_corpus(args)
+    from tqdm import tqdm
+
+    try:
+        import scipy  # noqa: F401  (reverb and band filters)
+
+        from stream_avatar.data.espeak import EspeakUnavailableError, list_voices
+        from stream_avatar.data.synth import DEFAULT_LANGUAGES, DatasetConfig, synthesize_dataset
+    except ImportError as exc:
+        raise UserError(f"the data engine needs the train extra (pip install -e '.[train]'): {exc}") from None
+    try:
+        list_voices("en")
+    except EspeakUnavailableError as exc:
+        raise UserError(str(exc)) from None
+
+    languages = DEFAULT_LANGUAGES
+    if args.languages:
+        languages = tuple(x.strip() for x in args.languages.split(",") if x.strip())
+    if args.holdout_language is None:
+        holdout = "hi" if "hi" in languages else None
+    else:
+        holdout = None if args.holdout_language.lower() == "none" else args.holdout_language
+    config = DatasetConfig(
+        hours=args.hours,
+        seed=args.seed,
+        languages=languages,
+        holdout_language=holdout,
+        speakers_per_language=args.speakers_per_language,
+        augment=not args.no_augment,
+        workers=args.workers,
+    )
+    total = args.hours * 3600.0
+    with tqdm(total=round(total), unit="s audio", disable=args.no_progress or not sys.stderr.isatty()) as bar:
+
+        def progress(done: float, _target: float) -> None:
+            bar.update(round(min(done, total)) - bar.n)
+
+        info = synthesize_dataset(args.out, config, progress=progress)
+    print(
+        f"{info['utterances']} utterances, {info['hours']:.2f} h in {info['wall_s']:.0f} s "
+        f"(real-time factor {info['realtime_factor']:.3f}), {info['shards']} shards",
+        file=sys.stderr,
+    )
+    print(Path(args.out).resolve())
+    return 0
+
+
+def _cmd_corpus(args: argparse.Namespace) -> int:
+    import json
+    from collections import Counter
+
+    from stream_avatar.data.corpora import scan_corpus, split_by_speaker
+
+    scan = scan_corpus(Path(args.root), args.kind)
+    if not scan.items:
+        raise UserError(f"no usable files in {args.root}: skipped {scan.skip_counts()}")
+    train, val, test = split_by_speaker(scan.items, seed=args.seed)
+    split_of = {
+        id(it): name for name, part in (("train", train), ("val", val), ("test", test)) for it in part
+    }
+    emotions = Counter(it.emotion for it in scan.items)
+    speakers = {it.speaker for it in scan.items}
+    with_video = sum(it.video_path is not None for it in scan.items)
+    print(
+        f"{len(scan.items)} items, {len(speakers)} speakers, {with_video} with video; "
+        f"emotions {dict(sorted(emotions.items()))}; "
+        f"split train/val/test {len(train)}/{len(val)}/{len(test)}; skipped {scan.skip_counts()}",
+        file=sys.stderr,
+    )
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            for it in scan.items:
+                record = {
+                    "corpus": it.corpus,
+                    "audio": str(it.audio_path),
+                    "video": None if it.video_path is None else str(it.video_path),
+                    "emotion": it.emotion,
+                    "intensity": it.intensity,
+                    "speaker": it.speaker,
+                    "language": it.language,
+                    "sentence": it.sentence,
+                    "split": split_of[id(it)],
+                }
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        print(Path(args.out).resolve())
+    return 0
+
+
 _COMMANDS = {
     "enroll": cmd_enroll,
     "render": cmd_render,
@@ -246,6 +367,7 @@ _COMMANDS = {
     "sheet": cmd_sheet,
     "serve": cmd_serve,
     "run": cmd_serve,
+    "data": cmd_data,
 }
 
 

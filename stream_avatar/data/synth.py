@@ -1,0 +1,479 @@
+"""The synthetic dataset: plan → synthesize → targets → augment → features → shards + manifest.
+
+``synthesize_dataset(out_dir, config)`` writes, deterministically under ``config.seed`` (the same
+bytes whatever the number of worker processes):
+
+- ``shard-NNNNN.safetensors``: the arrays of consecutive utterances concatenated — ``audio`` (int16,
+  16 kHz), ``features`` (float16 log-mel + energy rows, 100 per second, ``stream_avatar.audio.
+  features``), ``targets`` (float16 rig vectors, 25 per second: mouth from the phonemes, expression,
+  brows and nods), ``phoneme_start`` / ``phoneme_end`` (int32 samples) and ``phoneme_id`` (int32 into
+  the vocabulary in ``dataset.json``).
+- ``manifest.jsonl``: one JSON object per utterance — id, shard and offsets into each array, text,
+  language, voice, speaker, emotion, intensity, espeak parameters, augmentation applied, seed, split.
+- ``dataset.json``: the configuration, phoneme vocabulary, per-language phoneme coverage, counts per
+  split / language / emotion, the viseme table, and timing (wall time, real-time factor).
+
+Splits are by speaker AND by language: every speaker of ``holdout_language`` is in ``test_language``
+(a language never heard in training), and in every other language a few speakers are held out in
+``test_speaker`` and ``val``; no speaker appears in two splits.
+
+Utterances are made by worker processes in blocks of ``BLOCK``, each block in a fresh ``spawn``ed
+process (espeak-ng keeps hidden state between calls; see ``make_block``), each utterance from its own
+seed. The writer consumes them in order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stream_avatar.data import expressive, visemes
+from stream_avatar.motion import emotion as emotion_mod
+from stream_avatar.motion import rig
+
+SAMPLE_RATE_HZ = 16000
+FPS = 25
+SPLITS = ("train", "val", "test_speaker", "test_language")
+DEFAULT_LANGUAGES: tuple[str, ...] = ("en", "es", "fr", "de", "hi", "ar", "ja", "cmn")
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """What to generate. ``hours`` of audio (after padding and augmentation) over ``languages``."""
+
+    hours: float = 2.0
+    seed: int = 0
+    languages: tuple[str, ...] = DEFAULT_LANGUAGES
+    speakers_per_language: int = 10
+    holdout_language: str | None = "hi"
+    test_speakers_per_language: int = 2
+    val_speakers_per_language: int = 1
+    augment: bool = True
+    augment_probability: float = 0.8
+    shard_minutes: float = 10.0
+    text_pool: int = 400  # coverage-selected sentences per language to draw from
+    workers: int = 0  # 0: os.cpu_count()
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.hours <= 10_000:
+            raise ValueError(f"hours must be positive, got {self.hours}")
+        if not self.languages:
+            raise ValueError("languages must not be empty")
+        if self.holdout_language is not None and self.holdout_language not in self.languages:
+            raise ValueError(f"holdout_language {self.holdout_language!r} is not among {self.languages}")
+        held = self.test_speakers_per_language + self.val_speakers_per_language
+        if self.speakers_per_language <= held:
+            raise ValueError(f"speakers_per_language must exceed the {held} held out per language")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One utterance to make (everything decided up front, from the dataset seed)."""
+
+    index: int
+    seed: int
+    text: str
+    speaker: expressive.Speaker
+    emotion: str
+    intensity: float
+    split: str
+    augment: bool
+
+
+@dataclass
+class Example:
+    """One made utterance (arrays at their final length)."""
+
+    plan: Plan
+    audio: np.ndarray  # int16
+    features: np.ndarray  # float16 (rows, N_FEATURES)
+    targets: np.ndarray  # float16 (frames, RIG_SIZE)
+    phonemes: list[tuple[str, int, int]]  # (symbol, start, end) samples
+    prosody: expressive.Prosody
+    augmentation: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------ planning
+
+
+def make_speakers(config: DatasetConfig) -> list[expressive.Speaker]:
+    """``speakers_per_language`` distinct speakers per language: voice × variant × baseline prosody."""
+    from stream_avatar.data.espeak import list_variants, list_voices
+
+    variants = list_variants()
+    out = []
+    for li, lang in enumerate(config.languages):
+        rng = np.random.default_rng([config.seed, 1, li])
+        voices = list_voices(lang) or [lang]
+        chosen = rng.permutation(len(variants))
+        for k in range(config.speakers_per_language):
+            variant = variants[int(chosen[k % len(chosen)])]
+            female = variant.startswith("f")
+            out.append(
+                expressive.Speaker(
+                    id=f"{lang}-{k:02d}",
+                    language=lang,
+                    voice=f"{voices[k % len(voices)]}+{variant}",
+                    pitch=float(rng.uniform(50, 72) if female else rng.uniform(28, 52)),
+                    pitch_range=float(rng.uniform(35, 70)),
+                    rate_wpm=float(rng.uniform(150, 200)),
+                    volume=float(rng.uniform(85, 115)),
+                )
+            )
+    return out
+
+
+def assign_splits(speakers: list[expressive.Speaker], config: DatasetConfig) -> dict[str, str]:
+    """speaker id → split; disjoint by speaker, the held-out language entirely in ``test_language``."""
+    out: dict[str, str] = {}
+    for li, lang in enumerate(config.languages):
+        ids = [s.id for s in speakers if s.language == lang]
+        if lang == config.holdout_language:
+            out.update({i: "test_language" for i in ids})
+            continue
+        order = np.random.default_rng([config.seed, 2, li]).permutation(len(ids))
+        for rank, j in enumerate(order):
+            if rank < config.test_speakers_per_language:
+                out[ids[j]] = "test_speaker"
+            elif rank < config.test_speakers_per_language + config.val_speakers_per_language:
+                out[ids[j]] = "val"
+            else:
+                out[ids[j]] = "train"
+    return out
+
+
+def _mean_utterance_s() -> float:
+    return 3.2  # espeak sentences of 3-12 words at ~175 wpm, padded; only sizes the plan
+
+
+def make_plans(config: DatasetConfig, texts: dict[str, list[str]]) -> list[Plan]:
+    """Enough utterances for ``config.hours`` (refined by the writer, which stops at the target)."""
+    speakers = make_speakers(config)
+    splits = assign_splits(speakers, config)
+    by_lang = {lang: [s for s in speakers if s.language == lang] for lang in config.languages}
+    n = math.ceil(config.hours * 3600.0 / _mean_utterance_s() * 1.5) + 8
+    rng = np.random.default_rng([config.seed, 3])
+    plans = []
+    for i in range(n):
+        lang = config.languages[i % len(config.languages)]
+        speaker = by_lang[lang][int(rng.integers(len(by_lang[lang])))]
+        pool = texts[lang]
+        emotion = emotion_mod.EMOTIONS[int(rng.integers(len(emotion_mod.EMOTIONS)))]
+        intensity = 0.0 if emotion == "neutral" else float(rng.uniform(0.35, 1.0))
+        plans.append(
+            Plan(
+                index=i,
+                seed=int(rng.integers(2**31)),
+                text=pool[int(rng.integers(len(pool)))],
+                speaker=speaker,
+                emotion=emotion,
+                intensity=round(intensity, 3),
+                split=splits[speaker.id],
+                augment=config.augment and bool(rng.uniform() < config.augment_probability),
+            )
+        )
+    return plans
+
+
+# ------------------------------------------------------------------------------------ making
+
+
+def make_example(plan: Plan) -> Example:
+    """Synthesize one planned utterance with its targets (runs in a worker process)."""
+    from stream_avatar.audio.features import extract_features
+    from stream_avatar.data.espeak import synthesize
+
+    rng = np.random.default_rng(plan.seed)
+    pros = expressive.prosody_for(plan.speaker, plan.emotion, plan.intensity, rng)
+    utt = synthesize(
+        plan.text,
+        plan.speaker.voice,
+        rate_wpm=pros.rate_wpm,
+        pitch=pros.pitch,
+        pitch_range=pros.pitch_range,
+        volume=pros.volume,
+    )
+    lead = int(rng.uniform(0.15, 0.5) * SAMPLE_RATE_HZ)
+    tail = int(rng.uniform(0.2, 0.6) * SAMPLE_RATE_HZ)
+    audio = np.concatenate([np.zeros(lead, np.float32), utt.samples, np.zeros(tail, np.float32)])
+    phonemes = [(p.symbol, p.start + lead, p.end + lead) for p in utt.phonemes]
+    augmentation: dict[str, Any] = {}
+    if plan.augment:
+        from stream_avatar.data.augment import augment
+
+        result = augment(audio, rng)
+        audio = result.samples
+        scale = float(result.time_scale)
+        phonemes = [(s, round(a * scale), round(b * scale)) for s, a, b in phonemes]
+        augmentation = {"applied": list(result.applied), "time_scale": scale}
+    else:  # espeak writes exact digital zeros between words; real microphones never do
+        audio = audio + rng.standard_normal(audio.size).astype(np.float32) * 1e-3
+    audio = np.clip(audio, -1.0, 1.0).astype(np.float32)
+    n_frames = math.ceil(audio.size / (SAMPLE_RATE_HZ // FPS))
+    timed = visemes.phonemes_from_samples(phonemes, SAMPLE_RATE_HZ)
+    mouth = visemes.mouth_targets(timed, n_frames, FPS, unknown=visemes.UNKNOWN_VISEME)
+    targets = expressive.face_targets(mouth, timed, plan.emotion, plan.intensity, rng, FPS)
+    return Example(
+        plan=plan,
+        audio=np.round(audio * 32767.0).astype(np.int16),
+        features=extract_features(audio).astype(np.float16),
+        targets=targets.astype(np.float16),
+        phonemes=phonemes,
+        prosody=pros,
+        augmentation=augmentation,
+    )
+
+
+BLOCK = 16  # utterances made in one fresh process, in order
+
+
+def make_block(plans: list[Plan]) -> list[Example]:
+    """A block of consecutive utterances, made in order by one fresh worker process.
+
+    espeak-ng carries hidden state from one synthesis to the next (pitch flutter phase, echo buffer),
+    which no API call resets: the same call twice in one process differs by a few milliseconds. A block
+    always starts in a fresh process and runs the same calls in the same order, so its bytes do not
+    depend on how many workers run or which blocks they ran before.
+    """
+    return [make_example(p) for p in plans]
+
+
+def _examples(plans: list[Plan], workers: int) -> Iterator[Example]:
+    blocks = [plans[i : i + BLOCK] for i in range(0, len(plans), BLOCK)]
+    with mp.get_context("spawn").Pool(max(1, workers), maxtasksperchild=1) as pool:
+        for block in pool.imap(make_block, blocks):
+            yield from block
+
+
+# ------------------------------------------------------------------------------------ writing
+
+
+class _ShardWriter:
+    def __init__(self, out_dir: Path, shard_seconds: float) -> None:
+        self.out_dir = out_dir
+        self.shard_seconds = shard_seconds
+        self.vocab: dict[str, int] = {}
+        self.index = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.parts: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("audio", "features", "targets", "ps", "pe", "pid")
+        }
+        self.sizes = dict.fromkeys(self.parts, 0)
+        self.seconds = 0.0
+
+    def add(self, ex: Example) -> dict[str, Any]:
+        ids = np.array([self.vocab.setdefault(s, len(self.vocab)) for s, _, _ in ex.phonemes], np.int32)
+        arrays = {
+            "audio": ex.audio,
+            "features": ex.features,
+            "targets": ex.targets,
+            "ps": np.array([a for _, a, _ in ex.phonemes], np.int32),
+            "pe": np.array([b for _, _, b in ex.phonemes], np.int32),
+            "pid": ids,
+        }
+        offsets = {}
+        for key, arr in arrays.items():
+            offsets[key] = [self.sizes[key], int(arr.shape[0])]
+            self.parts[key].append(arr)
+            self.sizes[key] += int(arr.shape[0])
+        self.seconds += ex.audio.size / SAMPLE_RATE_HZ
+        return {
+            "shard": f"shard-{self.index:05d}.safetensors",
+            "audio": offsets["audio"],
+            "features": offsets["features"],
+            "targets": offsets["targets"],
+            "phonemes": offsets["pid"],
+        }
+
+    def flush(self, force: bool = False) -> None:
+        if not self.parts["audio"] or (not force and self.seconds < self.shard_seconds):
+            return
+        from safetensors.numpy import save_file
+
+        tensors = {}
+        for key, name in (
+            ("audio", "audio"),
+            ("features", "features"),
+            ("targets", "targets"),
+            ("ps", "phoneme_start"),
+            ("pe", "phoneme_end"),
+            ("pid", "phoneme_id"),
+        ):
+            tensors[name] = np.ascontiguousarray(np.concatenate(self.parts[key]))
+        save_file(tensors, str(self.out_dir / f"shard-{self.index:05d}.safetensors"))
+        self.index += 1
+        self._reset()
+
+
+def synthesize_dataset(
+    out_dir: str | os.PathLike[str],
+    config: DatasetConfig,
+    progress: Callable[[float, float], None] | None = None,
+) -> dict[str, Any]:
+    """Generate the dataset into ``out_dir`` (created; must be empty or absent). Returns dataset.json.
+
+    ``progress(seconds_done, seconds_target)`` is called after every utterance.
+    """
+    from stream_avatar.data import texts as texts_mod
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"output directory {out} is not empty")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    texts = {
+        lang: texts_mod.select_for_coverage(lang, config.text_pool, config.seed) for lang in config.languages
+    }
+    plans = make_plans(config, texts)
+    target_s = config.hours * 3600.0
+    workers = config.workers or (os.cpu_count() or 1)
+    writer = _ShardWriter(out, config.shard_minutes * 60.0)
+    done_s = 0.0
+    counts: dict[str, Counter[str]] = {"split": Counter(), "language": Counter(), "emotion": Counter()}
+    seconds_by_split: dict[str, float] = {}
+    seen_phonemes: dict[str, set[str]] = {lang: set() for lang in config.languages}
+    unmapped: Counter[str] = Counter()
+    n_utts = 0
+    with (out / "manifest.jsonl").open("w", encoding="utf-8") as manifest:
+        examples = _examples(plans, workers)
+        try:
+            for ex in examples:
+                p = ex.plan
+                where = writer.add(ex)
+                duration = ex.audio.size / SAMPLE_RATE_HZ
+                record = {
+                    "id": f"utt{p.index:07d}",
+                    **where,
+                    "duration_s": round(duration, 4),
+                    "n_frames": int(ex.targets.shape[0]),
+                    "text": p.text,
+                    "language": p.speaker.language,
+                    "voice": p.speaker.voice,
+                    "speaker": p.speaker.id,
+                    "emotion": p.emotion,
+                    "intensity": p.intensity,
+                    "prosody": asdict(ex.prosody),
+                    "augmentation": ex.augmentation,
+                    "seed": p.seed,
+                    "split": p.split,
+                }
+                manifest.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+                writer.flush()
+                n_utts += 1
+                done_s += duration
+                counts["split"][p.split] += 1
+                counts["language"][p.speaker.language] += 1
+                counts["emotion"][p.emotion] += 1
+                seconds_by_split[p.split] = seconds_by_split.get(p.split, 0.0) + duration
+                seen_phonemes[p.speaker.language].update(s for s, _, _ in ex.phonemes)
+                unmapped.update(s for s, _, _ in ex.phonemes if visemes.viseme_of(s, "?") == "?")
+                if progress is not None:
+                    progress(done_s, target_s)
+                if done_s >= target_s:
+                    break
+        finally:
+            close = getattr(examples, "close", None)
+            if callable(close):
+                close()
+    writer.flush(force=True)
+    wall = time.perf_counter() - t0
+    coverage = {}
+    for lang in config.languages:
+        inventory = texts_mod.phoneme_inventory(lang)
+        seen = {visemes.base_symbol(s) for s in seen_phonemes[lang]}
+        base_inv = {visemes.base_symbol(s) for s in inventory}
+        coverage[lang] = {
+            "inventory": len(base_inv),
+            "covered": len(base_inv & seen),
+            "fraction": round(len(base_inv & seen) / max(1, len(base_inv)), 3),
+        }
+    info = {
+        "format_version": FORMAT_VERSION,
+        "config": {**asdict(config), "languages": list(config.languages)},
+        "sample_rate_hz": SAMPLE_RATE_HZ,
+        "fps": FPS,
+        "rig_names": list(rig.RIG_NAMES),
+        "feature_rows_per_s": 100,
+        "phoneme_vocabulary": list(writer.vocab),
+        "utterances": n_utts,
+        "hours": round(done_s / 3600.0, 4),
+        "shards": writer.index,
+        "counts": {k: dict(sorted(v.items())) for k, v in counts.items()},
+        "hours_by_split": {k: round(v / 3600.0, 4) for k, v in sorted(seconds_by_split.items())},
+        "phoneme_coverage": coverage,
+        "unmapped_phonemes": dict(sorted(unmapped.items())),  # given visemes.UNKNOWN_VISEME
+        "visemes": {"table": visemes.IPA_VISEME, "shapes": visemes.VISEME_RIG, "lead_s": visemes.LEAD_S},
+        "wall_s": round(wall, 1),
+        "realtime_factor": round(wall / max(done_s, 1e-9), 4),
+    }
+    # Wall time and the real-time factor differ run to run; everything else is a function of the seed.
+    (out / "dataset.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return info
+
+
+# ------------------------------------------------------------------------------------ reading
+
+
+@dataclass
+class Utterance:
+    """One stored utterance, as the trainers read it."""
+
+    record: dict[str, Any]
+    audio: np.ndarray  # float32 16 kHz
+    features: np.ndarray  # float32 (rows, N_FEATURES)
+    targets: np.ndarray  # float32 (frames, RIG_SIZE)
+    phonemes: list[tuple[str, int, int]]
+
+
+def read_dataset(root: str | os.PathLike[str], split: str | None = None) -> Iterator[Utterance]:
+    """Iterate the stored utterances (optionally one split), loading each shard once."""
+    from safetensors.numpy import load_file
+
+    base = Path(root)
+    info = json.loads((base / "dataset.json").read_text(encoding="utf-8"))
+    vocab = info["phoneme_vocabulary"]
+    shard_name: str | None = None
+    shard: dict[str, np.ndarray] = {}
+    with (base / "manifest.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            if split is not None and rec["split"] != split:
+                continue
+            if rec["shard"] != shard_name:
+                name = rec["shard"]
+                if "/" in name or "\\" in name or not name.startswith("shard-"):
+                    raise ValueError(f"bad shard name in the manifest: {name!r}")
+                shard, shard_name = load_file(str(base / name)), name
+
+            def cut(
+                key: str, which: str, rec: dict[str, Any] = rec, shard: dict[str, np.ndarray] = shard
+            ) -> np.ndarray:
+                a, n = rec[which]
+                return shard[key][a : a + n]
+
+            ids = cut("phoneme_id", "phonemes")
+            yield Utterance(
+                record=rec,
+                audio=cut("audio", "audio").astype(np.float32) / 32767.0,
+                features=cut("features", "features").astype(np.float32),
+                targets=cut("targets", "targets").astype(np.float32),
+                phonemes=[
+                    (vocab[int(i)], int(s), int(e))
+                    for i, s, e in zip(
+                        ids, cut("phoneme_start", "phonemes"), cut("phoneme_end", "phonemes"), strict=True
+                    )
+                ],
+            )
