@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results_io import merge_records
 
 from stream_avatar.audio.io import load_audio
 from stream_avatar.audio.resample import resample
@@ -308,17 +309,8 @@ async def bench(
     }
 
 
-def merge_records(path: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    def key(r: dict[str, Any]) -> tuple[Any, ...]:
-        return (r["device"], r["size"], r["sessions"], r.get("latency_budget_ms"))
-
-    keep = []
-    if path.exists():
-        new = {key(r) for r in records}
-        keep = [r for r in json.loads(path.read_text()) if key(r) not in new]
-    merged = keep + records
-    path.write_text(json.dumps(merged, indent=2) + "\n")
-    return merged
+def _record_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r["device"], r["size"], r["sessions"], r.get("latency_budget_ms"))
 
 
 def plot(records: list[dict[str, Any]], path: Path) -> None:
@@ -376,7 +368,9 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in rec.items() if not k.startswith("_")}))
                 records.append(rec)
     merged = merge_records(
-        args.out / "e2e.json", [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
+        args.out / "e2e.json",
+        [{k: v for k, v in r.items() if not k.startswith("_")} for r in records],
+        key=_record_key,
     )
     plot(records, args.out / "e2e.png")
     print(f"wrote {args.out / 'e2e.json'} ({len(merged)} records) and {args.out / 'e2e.png'}")

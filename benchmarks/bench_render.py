@@ -20,9 +20,11 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from results_io import merge_records
 
 from stream_avatar.avatar.store import AvatarStore
 from stream_avatar.motion import rig
@@ -71,18 +73,8 @@ def time_frames(wrapper: RendererWrapper, seq: np.ndarray, warmup: int, device: 
     return out
 
 
-def merge_records(path: Path, records: list[dict[str, object]]) -> list[dict[str, object]]:
-    keep: list[dict[str, object]] = []
-    if path.exists():
-        keys = {(r["device"], r["backend"], r["size"], r["batch"]) for r in records}
-        keep = [
-            r
-            for r in json.loads(path.read_text())
-            if (r["device"], r["backend"], r["size"], r["batch"]) not in keys
-        ]
-    merged = keep + records
-    path.write_text(json.dumps(merged, indent=2) + "\n")
-    return merged
+def _record_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r["device"], r["backend"], r["size"], r["batch"])
 
 
 def plot(records: list[dict[str, object]], path: Path) -> None:
@@ -146,7 +138,7 @@ def main() -> None:
                 }
                 records.append(rec)
                 print(json.dumps(rec))
-    merged = merge_records(args.out / "render.json", records)
+    merged = merge_records(args.out / "render.json", records, key=_record_key)
     plot([r for r in merged if r.get("batch") == 1], args.out / "render.png")
     print(f"wrote {args.out / 'render.json'} and {args.out / 'render.png'}")
 

@@ -123,11 +123,11 @@ def write_sheet(
 
     from stream_avatar.avatar.store import AvatarStore
 
-    avatar = AvatarStore(store_dir).resolve(avatar_spec, size=size)
-    image = make_sheet(avatar, sheet_cells(), device=device, cell_px=cell_px)
     path = Path(out)
     if path.suffix.lower() not in SUFFIXES:
         raise ValueError(f"the sheet is written as PNG or JPEG: give a .png or .jpg path, got {path.name!r}")
+    avatar = AvatarStore(store_dir).resolve(avatar_spec, size=size)
+    image = make_sheet(avatar, sheet_cells(), device=device, cell_px=cell_px)
     path.parent.mkdir(parents=True, exist_ok=True)
     params = [cv2.IMWRITE_JPEG_QUALITY, 90] if path.suffix.lower() != ".png" else []
     if not cv2.imwrite(str(path), np.ascontiguousarray(image[:, :, ::-1]), params):

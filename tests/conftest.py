@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -104,3 +105,20 @@ def speech_bursts(espeak_synth: Callable[..., np.ndarray]) -> SpeechBursts:
         parts += [speech, gap]
     samples = _add_noise(np.concatenate(parts), seed=2)
     return SpeechBursts(samples, SPEECH_RATE_HZ, tuple(bursts), tuple(silences))
+
+
+@pytest.fixture(scope="session")
+def default_avatar(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Any]:
+    """``default_avatar(size) -> Avatar``: the shipped default portrait, enrolled once per size for the
+    whole session (enrollment runs MediaPipe and the renderer's precompute: seconds each)."""
+    from stream_avatar.avatar.store import AvatarStore
+
+    store = AvatarStore(root=tmp_path_factory.mktemp("default-avatars"))
+    cache: dict[int, Any] = {}
+
+    def get(size: int) -> Any:
+        if size not in cache:
+            cache[size] = store.resolve(None, size=size)
+        return cache[size]
+
+    return get

@@ -8,10 +8,12 @@ MediaPipe does not resolve the horizontal brow movement of AU4 at 256².
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
-from stream_avatar.avatar.store import Avatar, AvatarStore
+from stream_avatar.avatar.store import Avatar
 from stream_avatar.motion import emotion, rig
 from stream_avatar.motion.emotion import EmotionError, EmotionLayer
 
@@ -138,13 +140,13 @@ async def test_engine_applies_and_switches_the_emotion() -> None:
 
 
 @pytest.fixture(scope="module")
-def cues(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, float]]:
+def cues(default_avatar: Callable[[int], Avatar]) -> dict[str, dict[str, float]]:
     """Landmark cues of every emotion at intensity 1 vs the neutral render (IOD units)."""
     from stream_avatar.avatar.landmarks import detect_faces
     from stream_avatar.render.facs_basis import face_frame
     from stream_avatar.render.renderer import RendererWrapper
 
-    avatar: Avatar = AvatarStore(tmp_path_factory.mktemp("store")).resolve(None, size=SIZE)
+    avatar = default_avatar(SIZE)
     renderer = RendererWrapper(avatar.tensors, "cpu")
 
     def landmarks(values: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from stream_avatar.avatar.landmarks import detect_faces
-from stream_avatar.avatar.store import Avatar, AvatarStore
+from stream_avatar.avatar.store import Avatar
 from stream_avatar.motion import fitter, rig
 from stream_avatar.render import facs_basis as fb
 from stream_avatar.render.renderer import RendererWrapper
@@ -96,9 +96,8 @@ def rotate(landmarks: np.ndarray, yaw: float, pitch: float, roll: float) -> np.n
 
 
 @pytest.fixture(scope="module")
-def avatar(tmp_path_factory: pytest.TempPathFactory) -> Avatar:
-    store = AvatarStore(root=Path(tmp_path_factory.mktemp("store")))
-    return store.resolve(None, size=SIZE)
+def avatar(default_avatar: Callable[[int], Avatar]) -> Avatar:
+    return default_avatar(SIZE)
 
 
 @pytest.fixture(scope="module")

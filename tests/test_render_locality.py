@@ -8,10 +8,12 @@ the person mask, the face and a neck column), grown by one flow-grid step: the f
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
-from stream_avatar.avatar.store import Avatar, AvatarStore
+from stream_avatar.avatar.store import Avatar
 from stream_avatar.motion import emotion, rig
 from stream_avatar.render.precompute import GRID_STEP_PX
 from stream_avatar.render.renderer import RendererWrapper
@@ -21,8 +23,8 @@ MAX_OUTSIDE_GREY = 2.0
 
 
 @pytest.fixture(scope="module")
-def avatar(tmp_path_factory: pytest.TempPathFactory) -> Avatar:
-    return AvatarStore(tmp_path_factory.mktemp("store")).resolve(None, size=SIZE)
+def avatar(default_avatar: Callable[[int], Avatar]) -> Avatar:
+    return default_avatar(SIZE)
 
 
 def _outside(avatar: Avatar) -> np.ndarray:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
 
-from stream_avatar.avatar.store import Avatar, AvatarStore
+from stream_avatar.avatar.store import Avatar
 from stream_avatar.motion import rig
 from stream_avatar.render import facs_basis as fb
 from stream_avatar.render.renderer import RendererWrapper
@@ -17,9 +17,8 @@ SIZE = 384  # smaller than the 512 default keeps the suite quick; the renderer s
 
 
 @pytest.fixture(scope="module")
-def avatar(tmp_path_factory: pytest.TempPathFactory) -> Avatar:
-    store = AvatarStore(root=Path(tmp_path_factory.mktemp("store")))
-    return store.resolve(None, size=SIZE)
+def avatar(default_avatar: Callable[[int], Avatar]) -> Avatar:
+    return default_avatar(SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import pytest
 import websockets
 
 from stream_avatar.audio.resample import resample
-from stream_avatar.avatar.store import Avatar, AvatarStore
+from stream_avatar.avatar.store import Avatar
 from stream_avatar.server.app import AvatarServer, ServerSettings
 from stream_avatar.server.client import AvatarClient, PcmSource
 from stream_avatar.server.media import LowDelayAudioJitterBuffer, set_audio_jitter_buffer
@@ -35,8 +35,8 @@ RATE = 48000
 
 
 @pytest.fixture(scope="module")
-def avatar(tmp_path_factory: pytest.TempPathFactory) -> Avatar:
-    return AvatarStore(tmp_path_factory.mktemp("store")).resolve(None, size=SIZE)
+def avatar(default_avatar: Callable[[int], Avatar]) -> Avatar:
+    return default_avatar(SIZE)
 
 
 def make_server(avatar: Avatar, web_root: Path | None = None, max_sessions: int = 4) -> AvatarServer:

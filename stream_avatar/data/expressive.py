@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream_avatar.data.visemes import TimedPhoneme
+from stream_avatar.data.visemes import TimedPhoneme, viseme_of
 from stream_avatar.motion import emotion as emotion_mod
 from stream_avatar.motion import rig
 
@@ -123,8 +123,6 @@ _VOWEL_VISEMES = {"aa", "E", "ih", "oh", "ou"}
 def accented_syllables(phonemes: Sequence[TimedPhoneme]) -> list[float]:
     """Start times (s) of probably accented syllables: vowels at least 1.3× the utterance's median vowel
     duration (accented syllables are lengthened; espeak-ng's phoneme events carry no stress marks)."""
-    from stream_avatar.data.visemes import viseme_of
-
     vowels = []
     for p in phonemes:
         try:

@@ -187,9 +187,8 @@ def mouth_targets(
     Outside the phonemes (before the first, after the last) the mouth is at rest (``sil``). A phoneme
     without a table entry raises KeyError, or gets viseme ``unknown`` when given.
     """
-    out = np.zeros((n_frames, rig.RIG_SIZE), np.float32)
     if n_frames == 0:
-        return out
+        return rig.zeros(0)
     t = (np.arange(n_frames) + 0.5) / fps + lead_s  # the mouth shows what is about to sound
     num = np.zeros((n_frames, rig.RIG_SIZE))
     den = np.zeros(n_frames)
@@ -209,9 +208,7 @@ def mouth_targets(
         d = strength * np.exp(-dist / reach)
         num += d[:, None] * _VISEME_RIGS[vis]
         den += d
-    np.divide(num, np.maximum(den, 1e-9)[:, None], out=num)
-    out[:] = num
-    return rig.clamp(out)
+    return rig.clamp(num / np.maximum(den, 1e-9)[:, None])
 
 
 def phonemes_from_samples(items: Sequence[tuple[str, int, int]], sample_rate_hz: int) -> list[TimedPhoneme]:
