@@ -2,10 +2,13 @@
 
     stream-avatar enroll IMAGE [--size 512] [--store DIR]          prints the avatar id
     stream-avatar render --audio WAV --out MP4 [--avatar IMAGE_OR_ID] [--size 512]
-                         [--rig-out RIG.jsonl] [--driver dsp] [--store DIR]
+                         [--rig-out RIG.jsonl] [--driver learned|dsp] [--store DIR]
     stream-avatar serve [--host 127.0.0.1] [--port 8080] [--avatar IMAGE_OR_ID] [--size 512] ...
     stream-avatar run                                              `serve` with the defaults (make run)
     stream-avatar demo [--text TEXT]                               renders a spoken demo to ./out/demo.mp4
+    stream-avatar data synth --hours H --out DIR                   synthetic phone-aligned training speech
+    stream-avatar train motion --data DIR [--out models/motion]    trains the learned driver (resumable)
+    stream-avatar eval motion [--data DIR]                         lip-sync report in benchmarks/results/
 
 Global options: ``-v`` (info logs; ``-vv`` debug), ``--config FILE`` (TOML, see stream_avatar.config).
 User errors (bad audio, bad image, bad settings, missing files) print one line ``error: ...`` on stderr
@@ -63,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
             help="the operator's emotion: neutral, happy, sad, angry, fear, disgusted, surprised, contempt; "
             "intensity 0-1 (default 1); blend with +, e.g. happy:0.5+surprised:0.3",
         )
-        p.add_argument("--driver", default=None, help="motion driver (default dsp)")
+        p.add_argument(
+            "--driver", default=None, choices=("learned", "dsp"), help="motion driver (default learned)"
+        )
         p.add_argument("--device", default=None, help="render device: auto, cpu, cuda (default auto)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -120,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a language kept out of training (default hi when present), or none",
     )
     synth.add_argument("--speakers-per-language", type=int, default=10)
+    synth.add_argument(
+        "--synthesizers",
+        default=None,
+        help="comma-separated: espeak, festival, flite (default: espeak + those installed)",
+    )
     synth.add_argument("--workers", type=int, default=0, help="processes (default: one per CPU)")
     synth.add_argument("--no-augment", action="store_true", help="clean audio only")
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -133,6 +143,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", metavar="JSONL", default=None, help="write one line per item, with its split"
     )
     corpus.add_argument("--seed", type=int, default=0, help="speaker split seed")
+
+    train = sub.add_parser("train", help="train a model")
+    train_sub = train.add_subparsers(dest="train_command", required=True, metavar="MODEL")
+    tm = train_sub.add_parser("motion", help="the learned audio-to-motion driver (resumable)")
+    tm.add_argument(
+        "--data", required=True, nargs="+", metavar="DIR", help="dataset(s) from `stream-avatar data synth`"
+    )
+    tm.add_argument("--out", default="models/motion", metavar="DIR", help="model folder (default: shipped)")
+    tm.add_argument("--steps", type=int, default=None, help="optimizer steps (default 4000)")
+    tm.add_argument("--batch", type=int, default=None, help="streams per batch (default 24)")
+    tm.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3)")
+    tm.add_argument("--seed", type=int, default=0, help="the same seed and data give the same model")
+    tm.add_argument("--channels", type=int, default=None, help="network width (default 128)")
+    tm.add_argument(
+        "--lookahead-ms", type=int, default=None, help="audio heard past each frame, 0-40 ms (default 40)"
+    )
+    tm.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out and start over")
+    tm.add_argument("--eval-every", type=int, default=None, help="validate every N steps (default 500)")
+    tm.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    tm.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    ev = sub.add_parser("eval", help="evaluate a model; writes JSON, markdown and plots")
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="MODEL")
+    em = ev_sub.add_parser("motion", help="lip-sync r of learned vs DSP vs offline phone recognizer")
+    em.add_argument("--model", default=None, metavar="DIR", help="model folder (default: shipped)")
+    em.add_argument(
+        "--data", default=None, nargs="+", metavar="DIR", help="synthetic dataset(s) for held-out splits"
+    )
+    em.add_argument("--out", default="benchmarks/results", metavar="DIR", help="report folder")
+    em.add_argument("--per-group", type=int, default=40, help="utterances per split and synthesizer")
+    em.add_argument("--no-real", action="store_true", help="skip the real-speech set")
+    em.add_argument("--no-allphone", action="store_true", help="skip the pocketsphinx baseline")
 
     demo = sub.add_parser("demo", help="render a spoken demo sentence (espeak-ng) to ./out/demo.mp4")
     demo.add_argument("--text", default=DEMO_TEXT, help="sentence to speak")
@@ -300,6 +342,7 @@ def cmd_data(args: argparse.Namespace, cfg: Config) -> int:
         speakers_per_language=args.speakers_per_language,
         augment=not args.no_augment,
         workers=args.workers,
+        synthesizers=tuple(x.strip() for x in (args.synthesizers or "").split(",") if x.strip()),
     )
     total = args.hours * 3600.0
     with tqdm(total=round(total), unit="s audio", disable=args.no_progress or not sys.stderr.isatty()) as bar:
@@ -314,6 +357,83 @@ def cmd_data(args: argparse.Namespace, cfg: Config) -> int:
         file=sys.stderr,
     )
     print(Path(args.out).resolve())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
+    from tqdm import tqdm
+
+    from stream_avatar.motion.audio2motion import ModelConfig
+    from stream_avatar.train.motion import TrainConfig, train
+
+    data = [Path(d) for d in args.data]
+    for d in data:
+        if not (d / "dataset.json").is_file():
+            raise UserError(f"{d} is not a dataset (no dataset.json): make one with `data synth`")
+    kw: dict[str, Any] = {"seed": args.seed, "threads": args.threads}
+    for key in ("steps", "batch", "lr", "eval_every"):
+        if getattr(args, key) is not None:
+            kw[key] = getattr(args, key)
+    tcfg = TrainConfig(**kw)
+    mkw: dict[str, Any] = {}
+    if args.channels is not None:
+        mkw["channels"] = args.channels
+    if args.lookahead_ms is not None:
+        if args.lookahead_ms % 10:
+            raise UserError("--lookahead-ms must be a multiple of 10 (feature rows are 10 ms)")
+        mkw["lookahead_rows"] = args.lookahead_ms // 10
+    evaluate = _motion_validator(data)
+    with tqdm(total=tcfg.steps, unit="step", disable=args.no_progress or not sys.stderr.isatty()) as bar:
+
+        def progress(done: int, _total: int, losses: dict[str, float]) -> None:
+            bar.n = done
+            bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
+            bar.refresh()
+
+        train(
+            data,
+            args.out,
+            tcfg,
+            ModelConfig(**mkw),
+            resume=not args.fresh,
+            progress=progress,
+            evaluate=evaluate,
+            log=lambda m: tqdm.write(m, file=sys.stderr),
+        )
+    print(Path(args.out).resolve())
+    return 0
+
+
+def _motion_validator(data: list[Path]) -> Any:
+    """Validation during training: mean r on the synthetic val splits (the real set stays for eval)."""
+    from stream_avatar.eval.motion import pearson, predict_jaw, synthetic_clips
+    from stream_avatar.motion.learned import LearnedMouthDriver
+
+    clips = [c for d in data for c in synthetic_clips(d, ("val",), per_group=20)]
+
+    def evaluate(model: Any) -> dict[str, float]:
+        rs = [pearson(predict_jaw(lambda: LearnedMouthDriver(model=model), c.audio), c.target) for c in clips]
+        rs = [r for r in rs if r == r]
+        return {"val_r": round(float(sum(rs) / max(1, len(rs))), 4)}
+
+    return evaluate
+
+
+def cmd_eval(args: argparse.Namespace, cfg: Config) -> int:
+    from stream_avatar.eval.motion import evaluate_motion, write_report
+
+    report = evaluate_motion(
+        model_dir=args.model,
+        data_dir=args.data,
+        per_group=args.per_group,
+        real=not args.no_real,
+        allphone=not args.no_allphone,
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    files = write_report(report, args.out)
+    print((Path(args.out) / "motion_eval.md").read_text(encoding="utf-8"))
+    for f in files:
+        print(f, file=sys.stderr)
     return 0
 
 
@@ -366,6 +486,8 @@ _COMMANDS = {
     "serve": cmd_serve,
     "run": cmd_serve,
     "data": cmd_data,
+    "train": cmd_train,
+    "eval": cmd_eval,
 }
 
 

@@ -8,7 +8,7 @@ TOML layout (every key optional)::
 
     [engine]
     fps = 25
-    driver = "dsp"
+    driver = "learned"       # "learned" (models/motion) or "dsp"
     max_buffer_s = 2.0
     device = "auto"          # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
     emotion = "happy:0.5"    # the operator's emotion: NAME[:INTENSITY] terms joined by "+"
@@ -59,7 +59,7 @@ class EngineConfig:
     """Streaming engine settings.
 
     fps: video frames per second of audio time (16000 / fps audio samples per frame; must divide 16000).
-    driver: name of the audio-to-motion driver ("dsp").
+    driver: name of the audio-to-motion driver: "learned" (the shipped model in models/motion) or "dsp".
     max_buffer_s: live input buffer bound in seconds of audio; beyond it the oldest audio is dropped.
     device: torch device for rendering; "auto" picks cuda when available, else cpu.
     emotion: the operator's emotion, ``NAME[:INTENSITY]`` terms joined by ``+`` (e.g. ``happy:0.7``);
@@ -67,7 +67,7 @@ class EngineConfig:
     """
 
     fps: int = 25
-    driver: str = "dsp"
+    driver: str = "learned"
     max_buffer_s: float = 2.0
     device: str = "auto"
     emotion: str = "neutral"

@@ -221,7 +221,7 @@ def render_file(
     audio_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
     avatar: Any = None,
-    driver_name: str = "dsp",
+    driver_name: str = "learned",
     size: int = 512,
     rig_out: str | os.PathLike[str] | None = None,
     progress: bool = True,

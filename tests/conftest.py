@@ -122,3 +122,24 @@ def default_avatar(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], 
         return cache[size]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A few espeak-ng utterances in the dataset format (for training smoke tests)."""
+    from stream_avatar.data import espeak
+    from stream_avatar.data.synth import DatasetConfig, synthesize_dataset
+
+    try:
+        espeak.list_voices("en")
+    except espeak.EspeakUnavailableError as exc:
+        pytest.skip(f"espeak-ng library missing: {exc}")
+    root = tmp_path_factory.mktemp("tiny_ds") / "ds"
+    synthesize_dataset(
+        root,
+        DatasetConfig(
+            hours=0.01, languages=("en", "hi"), speakers_per_language=4, test_speakers_per_language=1,
+            val_speakers_per_language=1, text_pool=12, workers=1, synthesizers=("espeak",),
+        ),
+    )
+    return root

@@ -155,7 +155,7 @@ def test_demo_renders_the_demo(
 def test_config_defaults() -> None:
     cfg = load_config(environ={})
     assert cfg == Config(EngineConfig(), AvatarConfig(), ServerConfig())
-    assert (cfg.engine.fps, cfg.engine.driver, cfg.engine.max_buffer_s) == (25, "dsp", 2.0)
+    assert (cfg.engine.fps, cfg.engine.driver, cfg.engine.max_buffer_s) == (25, "learned", 2.0)
     assert (cfg.avatar.spec, cfg.avatar.size, cfg.avatar.store_dir) == (None, 512, None)
     assert (cfg.server.host, cfg.server.port) == ("127.0.0.1", 8080)
 
@@ -173,7 +173,7 @@ def test_config_precedence_flags_env_toml_defaults(tmp_path: Path) -> None:
     assert cfg.avatar.spec == "me.jpg"
     assert cfg.avatar.size == 384  # flag over env over TOML
     assert cfg.server.port == 9100  # env over TOML
-    assert cfg.server.host == "127.0.0.1" and cfg.engine.driver == "dsp"  # defaults
+    assert cfg.server.host == "127.0.0.1" and cfg.engine.driver == "learned"  # defaults
     # An explicit path wins over STREAM_AVATAR_CONFIG.
     other = tmp_path / "other.toml"
     other.write_text("[engine]\nfps = 16\n")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stream_avatar.data.visemes import TimedPhoneme, viseme_of
+from stream_avatar.data.warp import Warp
 from stream_avatar.motion import emotion as emotion_mod
 from stream_avatar.motion import rig
 
@@ -61,15 +62,23 @@ BROW_PEAK_S = 0.18
 
 @dataclass(frozen=True)
 class Speaker:
-    """A synthetic speaker: an espeak-ng voice (with variant) and a personal prosodic baseline."""
+    """A synthetic speaker: a voice and a personal prosodic baseline.
+
+    espeak speakers: ``voice`` is an espeak-ng voice with variant and the baseline is espeak's own
+    parameters. Festival speakers (``synthesizer == "festival"``): ``voice`` is a Festival voice, the
+    baseline is espeak's neutral values (emotion shifts are taken relative to it and rendered as pitch
+    / tempo / gain changes) and ``warp`` makes the recorded voice another person.
+    """
 
     id: str
     language: str
-    voice: str  # e.g. "en-us+f3"
+    voice: str  # e.g. "en-us+f3", or a Festival voice name
     pitch: float  # espeak 0-99
     pitch_range: float  # espeak 0-99
     rate_wpm: float
     volume: float  # espeak 0-200
+    synthesizer: str = "espeak"
+    warp: Warp | None = None
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,25 @@ bytes whatever the number of worker processes):
   brows and nods), ``phoneme_start`` / ``phoneme_end`` (int32 samples) and ``phoneme_id`` (int32 into
   the vocabulary in ``dataset.json``).
 - ``manifest.jsonl``: one JSON object per utterance — id, shard and offsets into each array, text,
-  language, voice, speaker, emotion, intensity, espeak parameters, augmentation applied, seed, split.
+  language, synthesizer, voice, speaker, emotion, intensity, espeak parameters, warp (recorded
+  voices), augmentation applied, seed, split.
 - ``dataset.json``: the configuration, phoneme vocabulary, per-language phoneme coverage, counts per
   split / language / emotion, the viseme table, and timing (wall time, real-time factor).
 
-Splits are by speaker AND by language: every speaker of ``holdout_language`` is in ``test_language``
-(a language never heard in training), and in every other language a few speakers are held out in
-``test_speaker`` and ``val``; no speaker appears in two splits.
+Synthesizers (``config.synthesizers``; default: espeak plus Festival and Flite where installed):
+espeak-ng (formant synthesis, every language), Festival (``festival.py``: voices built from real
+recordings, English and Hindi in the default languages) and Flite (``flite.py``: the English ARCTIC
+voices awb, rms). A recorded-voice speaker is (voice, ``warp.Warp``): the voice as recorded, then
+seeded pitch / vocal-tract-length / tempo warps of it; emotions are rendered on it as pitch, tempo
+and gain changes relative to a neutral baseline. Each plan first draws a synthesizer among those
+with speakers in its language (uniformly), then a speaker.
+
+Splits are by speaker AND by language: every speaker of ``holdout_language`` (of every synthesizer)
+is in ``test_language`` (a language never heard in training); in every other language a few espeak
+speakers are held out in ``test_speaker`` and ``val``, and the recorded voices named in
+``festival_test_voices`` are held out whole in ``test_speaker`` (other people, not warps of a
+training voice); no speaker appears in two splits. Records carry ``synthesizer`` (and ``warp``);
+dataset.json counts utterances and hours per synthesizer and lists every speaker with its split.
 
 Utterances are made by worker processes in blocks of ``BLOCK``, each block in a fresh ``spawn``ed
 process (espeak-ng keeps hidden state between calls; see ``make_block``), each utterance from its own
@@ -28,6 +40,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -45,7 +58,25 @@ SAMPLE_RATE_HZ = 16000
 FPS = 25
 SPLITS = ("train", "val", "test_speaker", "test_language")
 DEFAULT_LANGUAGES: tuple[str, ...] = ("en", "es", "fr", "de", "hi", "ar", "ja", "cmn")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: records carry "synthesizer" (and "warp" for Festival); counts per synthesizer
+SYNTHESIZERS: tuple[str, ...] = ("espeak", "festival", "flite")
+# Synthesizers of recorded voices: their speakers are (voice, warp) and they render emotion by warps.
+RECORDED = ("festival", "flite")
+# Neutral espeak baseline of Festival speakers: emotion prosody is taken relative to it.
+_FESTIVAL_BASELINE = {"pitch": 50.0, "pitch_range": 50.0, "rate_wpm": 175.0, "volume": 100.0}
+# An emotion's espeak pitch shift (0-99 scale steps) rendered on Festival audio, in cents per step.
+CENTS_PER_PITCH_STEP = 12.0
+
+
+def default_synthesizers() -> tuple[str, ...]:
+    """espeak, plus Festival and Flite where installed."""
+    from stream_avatar.data import festival, flite
+
+    return (
+        ("espeak",)
+        + (("festival",) if festival.available() else ())
+        + (("flite",) if flite.available() else ())
+    )
 
 
 @dataclass(frozen=True)
@@ -64,8 +95,25 @@ class DatasetConfig:
     shard_minutes: float = 10.0
     text_pool: int = 400  # coverage-selected sentences per language to draw from
     workers: int = 0  # 0: os.cpu_count()
+    # () = default_synthesizers(): the dataset then depends on what is installed (dataset.json says).
+    synthesizers: tuple[str, ...] = ()
+    festival_speakers_per_voice: int = 4  # the recorded voice itself plus seeded warps of it
+    # Whole Festival voices held out as test_speaker (really different people, not warps of a
+    # training voice); other languages' Festival speakers are train / val only.
+    festival_test_voices: tuple[str, ...] = ("ked_diphone",)
+    # Flite voices used (English): awb and rms are people Festival does not have (slt, kal16 are).
+    flite_voices: tuple[str, ...] = ("awb", "rms")
 
     def __post_init__(self) -> None:
+        if not self.synthesizers:
+            object.__setattr__(self, "synthesizers", default_synthesizers())
+        unknown = [x for x in self.synthesizers if x not in SYNTHESIZERS]
+        if unknown or len(set(self.synthesizers)) != len(self.synthesizers):
+            raise ValueError(
+                f"synthesizers must be distinct names among {SYNTHESIZERS}, got {self.synthesizers}"
+            )
+        if self.festival_speakers_per_voice < 1:
+            raise ValueError("festival_speakers_per_voice must be at least 1")
         if not 0.0 < self.hours <= 10_000:
             raise ValueError(f"hours must be positive, got {self.hours}")
         if not self.languages:
@@ -102,13 +150,69 @@ class Example:
     phonemes: list[tuple[str, int, int]]  # (symbol, start, end) samples
     prosody: expressive.Prosody
     augmentation: dict[str, Any] = field(default_factory=dict)
+    warp: dict[str, Any] | None = None  # Festival: the warp and gain applied
 
 
 # ------------------------------------------------------------------------------------ planning
 
 
+def _festival_voices(config: DatasetConfig, lang: str) -> list[str]:
+    if "festival" not in config.synthesizers:
+        return []
+    from stream_avatar.data import festival
+
+    return festival.installed_voices(lang)
+
+
 def make_speakers(config: DatasetConfig) -> list[expressive.Speaker]:
-    """``speakers_per_language`` distinct speakers per language: voice × variant × baseline prosody."""
+    """Per language: ``speakers_per_language`` espeak speakers (voice × variant × baseline prosody) when
+    espeak is used, then ``festival_speakers_per_voice`` per installed Festival voice of the language
+    (the voice as recorded, then seeded pitch / formant / tempo warps of it)."""
+    out = []
+    if "espeak" in config.synthesizers:
+        out += _espeak_speakers(config)
+    if "festival" in config.synthesizers:
+        from stream_avatar.data import festival
+        from stream_avatar.data.warp import Warp, random_warp
+
+        for li, lang in enumerate(config.languages):
+            for name in _festival_voices(config, lang):
+                voice = festival.VOICES[name]
+                # Seeded by the voice name's bytes (not hash()): stable whatever else is installed.
+                rng = np.random.default_rng([config.seed, 4, li, *name.encode("ascii")])
+                for k in range(config.festival_speakers_per_voice):
+                    out.append(
+                        expressive.Speaker(
+                            id=f"{lang}-{name}-{k}",
+                            language=lang,
+                            voice=name,
+                            **_FESTIVAL_BASELINE,
+                            synthesizer="festival",
+                            warp=Warp() if k == 0 else random_warp(rng, voice.gender),
+                        )
+                    )
+    if "flite" in config.synthesizers and "en" in config.languages:
+        from stream_avatar.data import flite
+        from stream_avatar.data.warp import Warp, random_warp
+
+        li = config.languages.index("en")
+        for name in [v for v in config.flite_voices if v in flite.installed_voices()]:
+            rng = np.random.default_rng([config.seed, 6, li, *name.encode("ascii")])
+            for k in range(config.festival_speakers_per_voice):
+                out.append(
+                    expressive.Speaker(
+                        id=f"en-flite_{name}-{k}",
+                        language="en",
+                        voice=name,
+                        **_FESTIVAL_BASELINE,
+                        synthesizer="flite",
+                        warp=Warp() if k == 0 else random_warp(rng, flite.VOICES[name].gender),
+                    )
+                )
+    return out
+
+
+def _espeak_speakers(config: DatasetConfig) -> list[expressive.Speaker]:
     from stream_avatar.data.espeak import list_variants, list_voices
 
     variants = list_variants()
@@ -138,10 +242,21 @@ def assign_splits(speakers: list[expressive.Speaker], config: DatasetConfig) -> 
     """speaker id → split; disjoint by speaker, the held-out language entirely in ``test_language``."""
     out: dict[str, str] = {}
     for li, lang in enumerate(config.languages):
-        ids = [s.id for s in speakers if s.language == lang]
-        if lang == config.holdout_language:
-            out.update({i: "test_language" for i in ids})
+        if lang == config.holdout_language:  # every speaker of every synthesizer
+            out.update({s.id: "test_language" for s in speakers if s.language == lang})
             continue
+        fest = [s for s in speakers if s.language == lang and s.synthesizer in RECORDED]
+        rest = []
+        for s in fest:
+            if s.voice in config.festival_test_voices:
+                out[s.id] = "test_speaker"
+            else:
+                rest.append(s.id)
+        if rest:
+            order = np.random.default_rng([config.seed, 5, li]).permutation(len(rest))
+            for rank, j in enumerate(order):
+                out[rest[j]] = "val" if rank < config.val_speakers_per_language else "train"
+        ids = [s.id for s in speakers if s.language == lang and s.synthesizer == "espeak"]
         order = np.random.default_rng([config.seed, 2, li]).permutation(len(ids))
         for rank, j in enumerate(order):
             if rank < config.test_speakers_per_language:
@@ -161,13 +276,23 @@ def make_plans(config: DatasetConfig, texts: dict[str, list[str]]) -> list[Plan]
     """Enough utterances for ``config.hours`` (refined by the writer, which stops at the target)."""
     speakers = make_speakers(config)
     splits = assign_splits(speakers, config)
-    by_lang = {lang: [s for s in speakers if s.language == lang] for lang in config.languages}
+    by_lang: dict[tuple[str, str], list[expressive.Speaker]] = {}
+    for s in speakers:
+        by_lang.setdefault((s.language, s.synthesizer), []).append(s)
+    options = {lang: [x for x in config.synthesizers if (lang, x) in by_lang] for lang in config.languages}
+    for lang, opts in options.items():
+        if not opts:
+            raise ValueError(f"no speaker for language {lang!r} with synthesizers {config.synthesizers}")
     n = math.ceil(config.hours * 3600.0 / _mean_utterance_s() * 1.5) + 8
     rng = np.random.default_rng([config.seed, 3])
     plans = []
     for i in range(n):
         lang = config.languages[i % len(config.languages)]
-        speaker = by_lang[lang][int(rng.integers(len(by_lang[lang])))]
+        opts = options[lang]
+        # Drawn only when there is a choice, so espeak-only plans are the same as before Festival.
+        synth_name = opts[int(rng.integers(len(opts)))] if len(opts) > 1 else opts[0]
+        group = by_lang[(lang, synth_name)]
+        speaker = group[int(rng.integers(len(group)))]
         pool = texts[lang]
         emotion = emotion_mod.EMOTIONS[int(rng.integers(len(emotion_mod.EMOTIONS)))]
         intensity = 0.0 if emotion == "neutral" else float(rng.uniform(0.35, 1.0))
@@ -189,25 +314,67 @@ def make_plans(config: DatasetConfig, texts: dict[str, list[str]]) -> list[Plan]
 # ------------------------------------------------------------------------------------ making
 
 
-def make_example(plan: Plan) -> Example:
-    """Synthesize one planned utterance with its targets (runs in a worker process)."""
+def _festival_render(plan: Plan, utt: Any, pros: expressive.Prosody) -> tuple[np.ndarray, list, dict]:
+    """Festival audio → this speaker and emotion: the speaker's warp plus the emotion's pitch shift
+    and rate change (relative to the neutral baseline), and its loudness as a gain; phone times are
+    scaled by the warp's exact time_scale."""
+    from stream_avatar.data.warp import Warp, apply_warp
+
+    sp = plan.speaker
+    base = sp.warp or Warp()
+    w = base.combined(
+        pitch_cents=(pros.pitch - sp.pitch) * CENTS_PER_PITCH_STEP, tempo=pros.rate_wpm / sp.rate_wpm
+    )
+    samples, scale = apply_warp(utt.samples, w, SAMPLE_RATE_HZ)
+    n = samples.shape[0]
+    phonemes: list[tuple[str, int, int]] = []
+    for k, p in enumerate(utt.phonemes):
+        a = 0 if k == 0 else phonemes[-1][2]
+        b = n if k == len(utt.phonemes) - 1 else min(n, round(p.end * scale))
+        if b > a:
+            phonemes.append((p.symbol, a, b))
+    gain = pros.volume / sp.volume
+    samples = np.clip(samples * np.float32(gain), -1.0, 1.0).astype(np.float32)
+    return samples, phonemes, {**w.as_dict(), "gain": round(gain, 4)}
+
+
+def make_example(plan: Plan, festival_utt: Any = None) -> Example:
+    """Synthesize one planned utterance with its targets (runs in a worker process).
+
+    Festival plans get their ``festival.Utterance`` from the block's batch (``make_block``)."""
     from stream_avatar.audio.features import extract_features
-    from stream_avatar.data.espeak import synthesize
 
     rng = np.random.default_rng(plan.seed)
     pros = expressive.prosody_for(plan.speaker, plan.emotion, plan.intensity, rng)
-    utt = synthesize(
-        plan.text,
-        plan.speaker.voice,
-        rate_wpm=pros.rate_wpm,
-        pitch=pros.pitch,
-        pitch_range=pros.pitch_range,
-        volume=pros.volume,
-    )
+    warp_info: dict[str, Any] | None = None
+    if plan.speaker.synthesizer == "flite":
+        from stream_avatar.data import flite
+
+        speech, timeline, warp_info = _festival_render(
+            plan, flite.synthesize(plan.text, plan.speaker.voice), pros
+        )
+    elif plan.speaker.synthesizer == "festival":
+        if festival_utt is None:
+            from stream_avatar.data import festival
+
+            festival_utt = festival.synthesize(plan.text, plan.speaker.voice)
+        speech, timeline, warp_info = _festival_render(plan, festival_utt, pros)
+    else:
+        from stream_avatar.data.espeak import synthesize
+
+        utt = synthesize(
+            plan.text,
+            plan.speaker.voice,
+            rate_wpm=pros.rate_wpm,
+            pitch=pros.pitch,
+            pitch_range=pros.pitch_range,
+            volume=pros.volume,
+        )
+        speech, timeline = utt.samples, [(p.symbol, p.start, p.end) for p in utt.phonemes]
     lead = int(rng.uniform(0.15, 0.5) * SAMPLE_RATE_HZ)
     tail = int(rng.uniform(0.2, 0.6) * SAMPLE_RATE_HZ)
-    audio = np.concatenate([np.zeros(lead, np.float32), utt.samples, np.zeros(tail, np.float32)])
-    phonemes = [(p.symbol, p.start + lead, p.end + lead) for p in utt.phonemes]
+    audio = np.concatenate([np.zeros(lead, np.float32), speech, np.zeros(tail, np.float32)])
+    phonemes = [(s, a + lead, b + lead) for s, a, b in timeline]
     augmentation: dict[str, Any] = {}
     if plan.augment:
         from stream_avatar.data.augment import augment
@@ -232,6 +399,7 @@ def make_example(plan: Plan) -> Example:
         phonemes=phonemes,
         prosody=pros,
         augmentation=augmentation,
+        warp=warp_info,
     )
 
 
@@ -241,12 +409,20 @@ BLOCK = 16  # utterances made in one fresh process, in order
 def make_block(plans: list[Plan]) -> list[Example]:
     """A block of consecutive utterances, made in order by one fresh worker process.
 
-    espeak-ng carries hidden state from one synthesis to the next (pitch flutter phase, echo buffer),
-    which no API call resets: the same call twice in one process differs by a few milliseconds. A block
-    always starts in a fresh process and runs the same calls in the same order, so its bytes do not
-    depend on how many workers run or which blocks they ran before.
+    Festival plans of the block are synthesized first, in one Festival process. espeak-ng carries hidden
+    state from one synthesis to the next (pitch flutter phase, echo buffer), which no API call resets: the
+    same call twice in one process differs by a few milliseconds. A block always starts in a fresh process
+    and runs the same calls in the same order, so its bytes do not depend on how many workers run or which
+    blocks they ran before.
     """
-    return [make_example(p) for p in plans]
+    festival_jobs = [(p.text, p.speaker.voice) for p in plans if p.speaker.synthesizer == "festival"]
+    made: list[Any] = []
+    if festival_jobs:  # one Festival process for the whole block (its start-up costs ~0.3 s)
+        from stream_avatar.data import festival
+
+        made = festival.synthesize_many(festival_jobs)
+    it = iter(made)
+    return [make_example(p, next(it) if p.speaker.synthesizer == "festival" else None) for p in plans]
 
 
 def _examples(plans: list[Plan], workers: int) -> Iterator[Example]:
@@ -337,12 +513,25 @@ def synthesize_dataset(
     texts = {
         lang: texts_mod.select_for_coverage(lang, config.text_pool, config.seed) for lang in config.languages
     }
+    for name in config.synthesizers:
+        if name in RECORDED and shutil.which(name) is None:
+            raise ValueError(f"synthesizer {name} requested but not installed (apt-get install {name})")
+        if name in RECORDED and shutil.which("sox") is None:
+            raise ValueError(f"synthesizer {name} needs sox for speaker warps (apt-get install sox)")
     plans = make_plans(config, texts)
+    speakers = make_speakers(config)
+    split_of = assign_splits(speakers, config)
     target_s = config.hours * 3600.0
     workers = config.workers or (os.cpu_count() or 1)
     writer = _ShardWriter(out, config.shard_minutes * 60.0)
     done_s = 0.0
-    counts: dict[str, Counter[str]] = {"split": Counter(), "language": Counter(), "emotion": Counter()}
+    counts: dict[str, Counter[str]] = {
+        "split": Counter(),
+        "language": Counter(),
+        "emotion": Counter(),
+        "synthesizer": Counter(),
+    }
+    seconds_by_synth: dict[str, float] = {}
     seconds_by_split: dict[str, float] = {}
     seen_phonemes: dict[str, set[str]] = {lang: set() for lang in config.languages}
     unmapped: Counter[str] = Counter()
@@ -369,7 +558,10 @@ def synthesize_dataset(
                     "augmentation": ex.augmentation,
                     "seed": p.seed,
                     "split": p.split,
+                    "synthesizer": p.speaker.synthesizer,
                 }
+                if ex.warp is not None:
+                    record["warp"] = ex.warp
                 manifest.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
                 writer.flush()
                 n_utts += 1
@@ -377,6 +569,10 @@ def synthesize_dataset(
                 counts["split"][p.split] += 1
                 counts["language"][p.speaker.language] += 1
                 counts["emotion"][p.emotion] += 1
+                counts["synthesizer"][p.speaker.synthesizer] += 1
+                seconds_by_synth[p.speaker.synthesizer] = (
+                    seconds_by_synth.get(p.speaker.synthesizer, 0.0) + duration
+                )
                 seconds_by_split[p.split] = seconds_by_split.get(p.split, 0.0) + duration
                 seen_phonemes[p.speaker.language].update(s for s, _, _ in ex.phonemes)
                 unmapped.update(s for s, _, _ in ex.phonemes if visemes.viseme_of(s, "?") == "?")
@@ -402,7 +598,12 @@ def synthesize_dataset(
         }
     info = {
         "format_version": FORMAT_VERSION,
-        "config": {**asdict(config), "languages": list(config.languages)},
+        "config": {
+            **asdict(config),
+            "languages": list(config.languages),
+            "synthesizers": list(config.synthesizers),
+            "festival_test_voices": list(config.festival_test_voices),
+        },
         "sample_rate_hz": SAMPLE_RATE_HZ,
         "fps": FPS,
         "rig_names": list(rig.RIG_NAMES),
@@ -413,6 +614,11 @@ def synthesize_dataset(
         "shards": writer.index,
         "counts": {k: dict(sorted(v.items())) for k, v in counts.items()},
         "hours_by_split": {k: round(v / 3600.0, 4) for k, v in sorted(seconds_by_split.items())},
+        "hours_by_synthesizer": {k: round(v / 3600.0, 4) for k, v in sorted(seconds_by_synth.items())},
+        "speakers": {
+            sp.id: {"synthesizer": sp.synthesizer, "voice": sp.voice, "split": split_of[sp.id]}
+            for sp in speakers
+        },
         "phoneme_coverage": coverage,
         "unmapped_phonemes": dict(sorted(unmapped.items())),  # given visemes.UNKNOWN_VISEME
         "visemes": {"table": visemes.IPA_VISEME, "shapes": visemes.VISEME_RIG, "lead_s": visemes.LEAD_S},

@@ -44,6 +44,7 @@ and the inventory sample are phonemized once per process.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -581,17 +582,26 @@ def unreadable(language: str) -> list[tuple[str, tuple[str, ...]]]:
 
 
 def _greedy(sets: Sequence[frozenset[str]], n: int, weight: dict[str, float]) -> list[int]:
-    """Lazy greedy weighted set cover in rounds: each round covers every symbol once more."""
+    """Lazy greedy weighted set cover in rounds: each round covers every symbol once more.
+
+    Gains are float sums, so they are summed in sorted symbol order: summing in set order (which
+    follows the per-process string hash seed) changes the last bits, hence tie-breaks, hence the
+    chosen sentences from one process to the next.
+    """
+
+    def gain_of(symbols: Iterable[str]) -> float:
+        return math.fsum(weight[s] for s in sorted(symbols))
+
     chosen: list[int] = []
     taken: set[int] = set()
     while len(chosen) < n:
         covered: set[str] = set()
-        heap = [(-sum(weight[s] for s in st), i) for i, st in enumerate(sets) if i not in taken]
+        heap = [(-gain_of(st), i) for i, st in enumerate(sets) if i not in taken]
         heapq.heapify(heap)
         progressed = False
         while heap and len(chosen) < n:
             _, i = heapq.heappop(heap)
-            gain = sum(weight[s] for s in sets[i] - covered)
+            gain = gain_of(sets[i] - covered)
             if gain <= 0.0:
                 continue
             if heap and gain < -heap[0][0] - 1e-12:
@@ -623,7 +633,8 @@ def select_for_coverage(language: str, n: int, seed: int = 0, *, pool_size: int 
     weight = {s: 1.0 / c for s, c in freq.items()}
     order = _greedy(sets, n, weight)
     if len(order) < n:
-        rest = [i for i in range(len(pool)) if i not in set(order)]
+        picked = set(order)
+        rest = [i for i in range(len(pool)) if i not in picked]
         random.Random(f"{language}/{seed}/fill").shuffle(rest)
         order += rest[: n - len(order)]
     return [pool[i] for i in order]

@@ -744,17 +744,41 @@ def _set_done(done: asyncio.Future[None]) -> None:
 
 # ------------------------------------------------------------------------------------ construction
 
-DRIVERS: tuple[str, ...] = ("dsp",)
+DRIVERS: tuple[str, ...] = ("learned", "dsp")
+DEFAULT_DRIVER = "learned"
 
 
 def make_driver(name: str, fps: int = 25, seed: int = 0) -> Driver:
-    """Build an audio-to-motion driver by name (``DRIVERS``). Raises ValueError for unknown names."""
+    """Build an audio-to-motion driver by name (``DRIVERS``). Raises ValueError for unknown names.
+
+    ``learned`` loads the shipped model (``models/motion``) once per process and shares it between
+    sessions (the weights are read-only; every driver keeps its own streaming state).
+    """
+    if name == "learned":
+        from stream_avatar.motion.learned import LearnedMouthDriver
+
+        learned: Driver = LearnedMouthDriver(fps=fps, seed=seed, model=_shared_motion_model())
+        return learned
     if name == "dsp":
         from stream_avatar.motion.dsp_driver import DSPMouthDriver
 
         driver: Driver = DSPMouthDriver(fps=fps, seed=seed)
         return driver
     raise ValueError(f"unknown driver {name!r} (known: {', '.join(DRIVERS)})")
+
+
+_MODEL_LOCK = threading.Lock()
+_MODEL: Any = None
+
+
+def _shared_motion_model() -> Any:
+    global _MODEL
+    with _MODEL_LOCK:
+        if _MODEL is None:
+            from stream_avatar.motion.learned import MotionModel
+
+            _MODEL = MotionModel.load()
+        return _MODEL
 
 
 def resolve_device(device: str) -> str:
@@ -769,7 +793,7 @@ def resolve_device(device: str) -> str:
 def build_engine(
     avatar: Any,
     *,
-    driver: str = "dsp",
+    driver: str = DEFAULT_DRIVER,
     fps: int = 25,
     max_buffer_s: float = 2.0,
     device: str = "auto",

@@ -1,0 +1,232 @@
+"""The learned audio-to-motion driver: streaming equals whole-clip, bounded lookahead, checkpoints,
+training smoke run, and the shipped weights against the DSP driver on real speech."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from stream_avatar.motion import rig
+from stream_avatar.motion.audio2motion import Audio2MotionNet, ModelConfig
+from stream_avatar.motion.learned import (
+    DEFAULT_MODEL_DIR,
+    LearnedMouthDriver,
+    LevelNormalizer,
+    ModelNotFoundError,
+    MotionModel,
+)
+
+SR = 16000
+JAW = rig.index("jawOpen")
+
+
+def _random_model(seed: int = 0, **kw: object) -> MotionModel:
+    """An untrained net with weights large enough that every input row matters."""
+    torch.manual_seed(seed)
+    net = Audio2MotionNet(ModelConfig(channels=32, dilations=(1, 2, 4, 8), **kw))  # type: ignore[arg-type]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return MotionModel(net)
+
+
+def _speechlike(seconds: float, seed: int = 0) -> np.ndarray:
+    """Amplitude-modulated harmonic tone with noise bursts: varying spectrum and level, no espeak needed."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = 120 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 12))
+    env = np.clip(np.sin(2 * np.pi * 3.1 * t), 0, None) ** 2
+    noise = rng.standard_normal(t.size) * (np.sin(2 * np.pi * 1.3 * t) > 0.6)
+    return (0.3 * env * voiced + 0.05 * noise + 1e-3 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def _run(driver: LearnedMouthDriver, audio: np.ndarray, sizes: list[int]) -> np.ndarray:
+    out, i, j = [], 0, 0
+    while i < audio.size:
+        n = sizes[j % len(sizes)]
+        out += driver.push(audio[i : i + n])
+        i, j = i + n, j + 1
+    out += driver.flush()
+    return np.stack([f.rig for f in out])
+
+
+@pytest.mark.parametrize("sizes", [[1], [7, 333, 1600, 1, 16000], [160], [641, 5], [SR]])
+def test_chunked_equals_whole_clip(sizes: list[int]) -> None:
+    model = _random_model()
+    audio = _speechlike(1.3 if sizes == [1] else 3.0)
+    whole = _run(LearnedMouthDriver(model=model), audio, [audio.size])
+    chunked = _run(LearnedMouthDriver(model=model), audio, sizes)
+    assert whole.shape == chunked.shape == (audio.size // 640, rig.RIG_SIZE)
+    assert np.abs(whole - chunked).max() < 1e-4
+
+
+def test_one_frame_per_640_samples_and_flush() -> None:
+    driver = LearnedMouthDriver(model=_random_model())
+    frames = driver.push(np.zeros(640 * 10, np.float32))
+    assert len(frames) == 9  # the 10th waits for 40 ms of lookahead
+    assert len(driver.flush()) == 1
+    assert driver.flush() == []
+
+
+@pytest.mark.parametrize("lookahead_rows", [0, 2, 4])
+def test_lookahead_is_bounded(lookahead_rows: int) -> None:
+    """Changing audio more than the lookahead past a frame's end changes nothing in that frame."""
+    model = _random_model(lookahead_rows=lookahead_rows)
+    audio = _speechlike(3.0, seed=1)
+    k = 40  # frame 40 ends at sample 41 * 640
+    cut = (k + 1) * 640 + lookahead_rows * 160
+    alt = _speechlike(3.0, seed=2) * 3.0
+    other = audio.copy()
+    other[cut:] = alt[cut:]
+    a = _run(LearnedMouthDriver(model=model), audio, [320])
+    b = _run(LearnedMouthDriver(model=model), other, [320])
+    assert np.abs(a[: k + 1] - b[: k + 1]).max() == 0.0
+    # ... and the model really does listen: one row earlier than the cut changes that frame.
+    other2 = audio.copy()
+    other2[cut - 160 :] = alt[cut - 160 :]
+    c = _run(LearnedMouthDriver(model=model), other2, [320])
+    assert np.abs(a[k] - c[k]).max() > 0.0
+
+
+def test_level_normalizer_ignores_gain() -> None:
+    from stream_avatar.audio.features import extract_features
+
+    audio = _speechlike(2.0)
+    quiet = extract_features(audio * 0.05)
+    a = LevelNormalizer().push(extract_features(audio))
+    b = LevelNormalizer().push(quiet)
+    above_floor = quiet > -15.0  # well above log(EPS) = -23, where the floor inside the log matters
+    assert above_floor.mean() > 0.5
+    assert np.abs(a - b)[above_floor].max() < 1e-2
+
+
+def test_clear_forgets_audio_but_keeps_the_level_and_reset_forgets_all() -> None:
+    model = _random_model()
+    audio = _speechlike(2.0)
+    fresh = _run(LearnedMouthDriver(model=model), audio, [640])
+    driver = LearnedMouthDriver(model=model)
+    driver.push(_speechlike(1.0, seed=5) * 0.1)
+    peak = driver._norm.peak
+    driver.clear()
+    assert driver._norm.peak == peak  # an interrupt does not change the speaker's level
+    assert driver.flush() == []  # frames waiting for lookahead are dropped
+    driver.reset()
+    again = _run(driver, audio, [640])
+    assert np.abs(fresh - again).max() < 1e-6
+
+
+def test_emotion_vector_is_checked_and_used() -> None:
+    model = _random_model()
+    driver = LearnedMouthDriver(model=model)
+    with pytest.raises(ValueError, match="emotion vector"):
+        driver.set_emotion([1.0, 2.0])
+    with torch.no_grad():  # FiLM starts at zero: give it weights so the vector matters
+        for block in model.net.blocks:
+            block.film.weight.normal_(0, 0.5)
+    audio = _speechlike(1.5)
+    neutral = _run(LearnedMouthDriver(model=model), audio, [640])
+    d = LearnedMouthDriver(model=model)
+    d.set_emotion(np.eye(8, dtype=np.float32)[2])
+    angry = _run(d, audio, [640])
+    assert np.abs(neutral - angry).max() > 1e-3
+
+
+def test_checkpoint_round_trip(tmp_path) -> None:
+    model = _random_model(lookahead_rows=2)
+    model.save(tmp_path / "m", meta={"note": "test"})
+    back = MotionModel.load(tmp_path / "m")
+    assert back.config == model.config and back.meta["note"] == "test"
+    audio = _speechlike(1.0)
+    a = _run(LearnedMouthDriver(model=model), audio, [640])
+    b = _run(LearnedMouthDriver(model=back), audio, [640])
+    assert np.array_equal(a, b)
+    info = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert info["model"]["lookahead_rows"] == 2
+
+
+def test_missing_model_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(ModelNotFoundError, match="train one"):
+        MotionModel.load(tmp_path)
+
+
+def test_bad_lookahead_is_refused() -> None:
+    with pytest.raises(ValueError, match="lookahead"):
+        ModelConfig(lookahead_rows=5)
+
+
+@pytest.mark.slow
+def test_training_smoke_and_resume(tiny_dataset, tmp_path) -> None:
+    """A few steps train, checkpoint, resume to the same weights as an uninterrupted run."""
+    from stream_avatar.train.motion import TrainConfig, load_checkpoint, train
+
+    small = ModelConfig(channels=16, dilations=(1, 2))
+    cfg = TrainConfig(steps=4, batch=2, crop_s=1.0, checkpoint_every=2, eval_every=2, warmup=1)
+    straight = train(tiny_dataset, tmp_path / "a", cfg, small, log=lambda m: None)
+    # Interrupted after 2 steps (checkpoint), then resumed to 4.
+    train(
+        tiny_dataset, tmp_path / "b", TrainConfig(**{**cfg.__dict__, "steps": 2}), small, log=lambda m: None
+    )
+    assert load_checkpoint(tmp_path / "b")[2]["step"] == 2
+    resumed = train(tiny_dataset, tmp_path / "b", cfg, small, log=lambda m: None)
+    for (k, v), (_, w) in zip(
+        straight.net.state_dict().items(), resumed.net.state_dict().items(), strict=True
+    ):
+        assert torch.allclose(v, w, atol=1e-6), k
+    assert MotionModel.load(tmp_path / "b").config == small
+
+
+def test_shipped_weights_load() -> None:
+    if not (DEFAULT_MODEL_DIR / "model.safetensors").is_file():
+        pytest.fail(f"the shipped motion model is missing from {DEFAULT_MODEL_DIR}")
+    model = MotionModel.load()
+    assert model.config.lookahead_rows <= 4
+    size = sum(p.numel() for p in model.net.parameters()) * 4
+    assert size < 8e6, "shipped weights should stay a few MB"
+
+
+def test_shipped_model_beats_dsp_on_real_speech() -> None:
+    from stream_avatar.data import realspeech
+    from stream_avatar.eval.motion import pearson, predict_jaw, real_clips
+
+    try:
+        realspeech.load_clips()
+    except realspeech.MissingPackageError as exc:
+        pytest.skip(f"real-speech audio not installed: {exc}")
+    from stream_avatar.motion.dsp_driver import DSPMouthDriver
+
+    clips = [c for c in real_clips() if c.group == "real"]
+    assert len(clips) >= 5
+    model = MotionModel.load()
+    learned = np.mean(
+        [pearson(predict_jaw(lambda: LearnedMouthDriver(model=model), c.audio), c.target) for c in clips]
+    )
+    dsp = np.mean([pearson(predict_jaw(DSPMouthDriver, c.audio), c.target) for c in clips])
+    assert learned > dsp + 0.05, (learned, dsp)
+    assert learned > 0.6
+
+
+def test_cpu_streaming_step_matches_the_torch_module() -> None:
+    """The numpy streaming step (CPU) computes what Audio2MotionNet.forward computes."""
+    from stream_avatar.audio.features import extract_features
+    from stream_avatar.motion.learned import normalize_features
+
+    model = _random_model()
+    with torch.no_grad():
+        for block in model.net.blocks:
+            block.film.weight.normal_(0, 0.5)
+    model = MotionModel(model.net)  # rebuild the numpy weights after the edit
+    rows = normalize_features(extract_features(_speechlike(2.0)))
+    emo = np.linspace(0, 1, 8).astype(np.float32)
+    with torch.inference_mode():
+        ref = model.net(torch.from_numpy(rows.T[None].copy()), torch.from_numpy(emo[None]))[0][0].T.numpy()
+    state = None
+    parts = []
+    for i in range(0, rows.shape[0], 3):
+        out, state = model.stream(rows[i : i + 3], emo, state)
+        parts.append(out)
+    assert np.abs(np.concatenate(parts) - ref).max() < 1e-4
