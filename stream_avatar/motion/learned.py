@@ -324,8 +324,9 @@ class LearnedMouthDriver:
     ``MotionFrame`` per video frame whose lookahead is complete. ``flush()`` (end of input) emits the
     frames still waiting for their lookahead, as if silence followed. ``clear()`` (an interrupt)
     forgets the audio but keeps the tracked speech level, and holds the mouth shut until
-    ``INTERRUPT_SPEECH_FRAMES`` consecutive frames are speech again; ``reset()`` forgets everything. ``set_emotion(vector)`` sets the (emotion_dim,) conditioning vector
-    (zeros = neutral) for frames computed from then on. ``last_visemes`` holds the viseme posterior
+    ``INTERRUPT_SPEECH_FRAMES`` consecutive frames are speech again; ``reset()`` forgets everything.
+    ``set_emotion(vector)`` sets the (emotion_dim,) conditioning vector (zeros = neutral) for frames
+    computed from then on. ``last_visemes`` holds the viseme posterior
     of the frames returned by the last call (for the data channel and tests).
     """
 

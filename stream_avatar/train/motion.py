@@ -202,8 +202,8 @@ def mix_babble(rows: np.ndarray, tracks: Sequence[Track], rng: np.random.Generat
 def narrow_band(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Attenuate mel bands above 3.3-4 kHz (30-60 dB) and below 100-350 Hz (10-30 dB)."""
     gain = np.ones(N_MELS)
-    gain[_CENTERS_HZ > rng.uniform(3300.0, 4000.0)] = 10.0 ** (-rng.uniform(3.0, 6.0))
-    gain[_CENTERS_HZ < rng.uniform(100.0, 350.0)] = 10.0 ** (-rng.uniform(1.0, 3.0))
+    gain[rng.uniform(3300.0, 4000.0) < _CENTERS_HZ] = 10.0 ** (-rng.uniform(3.0, 6.0))
+    gain[rng.uniform(100.0, 350.0) > _CENTERS_HZ] = 10.0 ** (-rng.uniform(1.0, 3.0))
     mel = np.exp(rows[:, :N_MELS].astype(np.float64)) * gain
     return _with_energy(mel, rows)
 
