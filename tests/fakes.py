@@ -7,8 +7,11 @@ channel is round(jawOpen * 255), so a test can read the mouth straight off a pix
 
 from __future__ import annotations
 
+import itertools
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -171,3 +174,14 @@ def tone(duration_s: float, sample_rate_hz: int, freq_hz: float = 220.0, amp: fl
 
 def to_int16(samples: np.ndarray) -> np.ndarray:
     return np.clip(np.round(samples * 32767), -32768, 32767).astype(np.int16)
+
+
+def assert_timeline_tiles(samples: np.ndarray, phonemes: Sequence[Any], pause: str) -> None:
+    """A synthesizer's phone timeline (items with symbol/start/end in samples) covers the 16 kHz audio
+    exactly: first at 0, last at its length, no gaps, no empty spans, pauses merged."""
+    n = samples.shape[0]
+    assert samples.dtype == np.float32 and n > 8000
+    assert phonemes[0].start == 0 and phonemes[-1].end == n
+    assert all(p.start < p.end for p in phonemes)
+    assert all(a.end == b.start for a, b in itertools.pairwise(phonemes))
+    assert not any(a.symbol == b.symbol == pause for a, b in itertools.pairwise(phonemes))

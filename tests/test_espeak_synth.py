@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from stream_avatar.data import espeak
+from tests.fakes import assert_timeline_tiles
 
 try:
     espeak.list_variants()
@@ -47,17 +48,12 @@ def utterances() -> dict[str, espeak.Utterance]:
 @pytest.mark.parametrize("lang", list(SAMPLES))
 def test_timeline_tiles_the_audio(utterances: dict[str, espeak.Utterance], lang: str) -> None:
     utt = utterances[lang]
-    n = utt.samples.shape[0]
-    assert utt.sample_rate_hz == 16000 and utt.samples.dtype == np.float32 and n > 8000
-    ph = utt.phonemes
-    assert ph[0].start == 0 and ph[-1].end == n
-    assert all(p.start < p.end for p in ph)
-    assert all(a.end == b.start for a, b in itertools.pairwise(ph))
-    assert all(p.symbol for p in ph)
-    assert not any(a.symbol == b.symbol == espeak.PAUSE for a, b in itertools.pairwise(ph))
+    assert utt.sample_rate_hz == 16000
+    assert_timeline_tiles(utt.samples, utt.phonemes, espeak.PAUSE)
+    assert all(p.symbol for p in utt.phonemes)
     assert utt.switched_to == ()
     # Words come in text order, inside the audio, and spell the input.
-    assert utt.words and all(0 <= w.start < w.end <= n for w in utt.words)
+    assert utt.words and all(0 <= w.start < w.end <= utt.samples.shape[0] for w in utt.words)
     assert all(a.end <= b.start for a, b in itertools.pairwise(utt.words))
     assert all(utt.text[w.char_start : w.char_end] == w.text for w in utt.words)
 

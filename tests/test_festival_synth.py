@@ -7,7 +7,6 @@ Skips visibly when ``festival`` (Debian: festival + festvox-* voices) or ``sox``
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 from stream_avatar.data import festival, flite, visemes
+from tests.fakes import assert_timeline_tiles
 
 if shutil.which("festival") is None:  # pragma: no cover - depends on the host
     pytest.skip("festival not installed (Debian package festival + festvox voices)", allow_module_level=True)
@@ -70,18 +70,14 @@ def test_phone_tables_are_complete_and_map_to_visemes() -> None:
 @pytest.mark.parametrize("voice", INSTALLED)
 def test_timeline_tiles_the_audio_and_maps(utterances: dict[str, festival.Utterance], voice: str) -> None:
     utt = utterances[voice]
-    n = utt.samples.shape[0]
-    assert utt.sample_rate_hz == 16000 and utt.samples.dtype == np.float32 and n > 8000
+    assert utt.sample_rate_hz == 16000
+    assert_timeline_tiles(utt.samples, utt.phonemes, visemes.PAUSE)
     ph = utt.phonemes
-    assert ph[0].start == 0 and ph[-1].end == n
-    assert all(p.start < p.end for p in ph)
-    assert all(a.end == b.start for a, b in itertools.pairwise(ph))
-    assert not any(a.symbol == b.symbol == visemes.PAUSE for a, b in itertools.pairwise(ph))
     for p in ph:  # every phone this voice emitted has IPA with a viseme
         visemes.viseme_of(p.symbol)
     # Festival's last segment ends where its wav does, within 50 ms (diphone voices overlap-add whole
     # pitch periods, so the wav runs on a little into the final pause).
-    assert abs(utt.phones[-1][1] * 16000 - n) < 0.05 * 16000
+    assert abs(utt.phones[-1][1] * 16000 - utt.samples.shape[0]) < 0.05 * 16000
     assert sum(1 for p in ph if p.symbol != visemes.PAUSE) >= 15
 
 
@@ -135,10 +131,9 @@ FLITE_VOICES = flite.installed_voices()
 @pytest.mark.parametrize("voice", FLITE_VOICES)
 def test_flite_timeline_tiles_maps_and_lines_up(voice: str) -> None:
     utt = flite.synthesize(SAMPLES["en"], voice)
-    n = utt.samples.shape[0]
     ph = utt.phonemes
-    assert utt.sample_rate_hz == 16000 and ph[0].start == 0 and ph[-1].end == n
-    assert all(p.start < p.end for p in ph) and all(a.end == b.start for a, b in itertools.pairwise(ph))
+    assert utt.sample_rate_hz == 16000
+    assert_timeline_tiles(utt.samples, ph, visemes.PAUSE)
     for p in ph:
         visemes.viseme_of(p.symbol)
     x = utt.samples
