@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from stream_avatar.audio.features import SAMPLE_RATE_HZ
 from stream_avatar.motion import rig
 from stream_avatar.motion.audio2motion import Audio2MotionNet, ModelConfig
 from stream_avatar.motion.learned import (
@@ -118,6 +119,23 @@ def test_clear_forgets_audio_but_keeps_the_level_and_reset_forgets_all() -> None
     driver.reset()
     again = _run(driver, audio, [640])
     assert np.abs(fresh - again).max() < 1e-6
+
+
+def test_after_an_interrupt_the_first_frame_needs_no_lookahead() -> None:
+    """The gate shuts the first frame after clear() anyway: it comes with its own 40 ms, at rest; the
+    lookahead is taken back before the next one, and then frames follow at the usual offset."""
+    model = _random_model()
+    driver = LearnedMouthDriver(model=model)
+    driver.push(_speechlike(1.0, seed=5))
+    driver.clear()
+    spf, la = SAMPLE_RATE_HZ // driver.fps, driver.lookahead_rows * 160
+    audio = _speechlike(1.0, seed=6)
+    first = driver.push(audio[:spf])
+    assert len(first) == 1 and np.all(first[0].rig == 0.0) and not first[0].speaking
+    assert driver.push(audio[spf : 2 * spf + la - 1]) == []  # frame 1 waits for its lookahead
+    assert len(driver.push(audio[2 * spf + la - 1 : 2 * spf + la])) == 1
+    # A fresh driver (no interrupt) has no early frame.
+    assert LearnedMouthDriver(model=model).push(audio[:spf]) == []
 
 
 def test_emotion_vector_is_checked_and_used() -> None:

@@ -371,6 +371,7 @@ class LearnedMouthDriver:
         self._norm.reset()
         self.clear()
         self._gate_closed = False
+        self._early_first = False
 
     def clear(self) -> None:
         """Interrupt: forget the audio (features, network context, pending frames) but keep the
@@ -379,6 +380,11 @@ class LearnedMouthDriver:
         self._features.reset()
         self._state: Any = self.model.silence_state(self._emotion)
         self._gate_closed = getattr(self, "_rows_seen", 0) > 0  # only after real audio, not at start
+        # The first frame after an interrupt is shut by the gate whatever the audio says, so it needs
+        # no lookahead: it goes out as soon as its own 40 ms have arrived, and the face closes one
+        # frame sooner. The lookahead is taken back before the next frame (one frame period later,
+        # inside the pause the interrupt made).
+        self._early_first = self._gate_closed and self.lookahead_rows > 0
         self._speech_run = 0
         self._rows_seen = 0
         self._audio_rows = 0
@@ -411,6 +417,9 @@ class LearnedMouthDriver:
         # Frame k is read at row (k + 1) * R - 1 + L; collect every such row inside this batch.
         r, la = self.rows_per_frame, self.lookahead_rows
         k_end = (self._rows_seen - la) // r  # frames whose read row has arrived
+        early = self._early_first and self._next_frame == 0
+        if early and self._rows_seen >= r:
+            k_end = max(k_end, 1)
         if limit is not None:
             k_end = min(k_end, limit)
         ks = np.arange(self._next_frame, max(self._next_frame, k_end))
@@ -418,6 +427,8 @@ class LearnedMouthDriver:
             self.last_visemes = np.zeros((0, len(VISEMES)), np.float32)
             return []
         local = (ks + 1) * r - 1 + la - first_row
+        if early:
+            local[0] -= la  # read at the frame's own last row (see clear())
         rigs, post, speech = self.model.decode(outputs[local])
         self._next_frame = int(ks[-1]) + 1
         self.last_visemes = post
