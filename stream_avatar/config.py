@@ -63,7 +63,7 @@ class EngineConfig:
     max_buffer_s: live input buffer bound in seconds of audio; beyond it the oldest audio is dropped.
     device: torch device for rendering; "auto" picks cuda when available, else cpu.
     emotion: the operator's emotion, ``NAME[:INTENSITY]`` terms joined by ``+`` (e.g. ``happy:0.7``);
-      see ``stream_avatar.motion.emotion``.
+      see ``stream_avatar.emotion.facs``.
     """
 
     fps: int = 25
@@ -74,7 +74,7 @@ class EngineConfig:
 
     @property
     def emotion_weights(self) -> dict[str, float]:
-        from stream_avatar.motion.emotion import parse
+        from stream_avatar.emotion.facs import parse
 
         return parse(self.emotion)
 
@@ -87,7 +87,7 @@ class EngineConfig:
             raise ConfigError(f"max_buffer_s must lie in 0.1..60 s, got {self.max_buffer_s}")
         if not self.device:
             raise ConfigError("device must not be empty")
-        from stream_avatar.motion.emotion import EmotionError, parse
+        from stream_avatar.emotion.facs import EmotionError, parse
 
         try:
             parse(self.emotion)

@@ -239,7 +239,7 @@ def render_file(
       (image paths and None are enrolled at ``size`` through the store at ``store_dir``).
     driver_name: motion driver (``stream_avatar.session.engine.DRIVERS``).
     rig_out: optional JSONL of per-frame rigs. progress: tqdm bar on stderr.
-    emotion: the operator's emotion as weights (``stream_avatar.motion.emotion.parse``); None: neutral.
+    emotion: the operator's emotion as weights (``stream_avatar.emotion.facs.parse``); None: neutral.
 
     Raises AudioFormatError (bad audio), EnrollmentError / AvatarStoreError (bad avatar), both
     ValueErrors with one-line messages; checked before anything is written.

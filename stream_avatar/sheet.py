@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from stream_avatar.motion import emotion, rig
+from stream_avatar.emotion import facs as emotion
+from stream_avatar.motion import rig
 
 # Mouth shapes a speaking face passes through (viseme-like: open vowel, rounded, spread, closed, ...).
 MOUTH_SHAPES: tuple[tuple[str, dict[str, float]], ...] = (

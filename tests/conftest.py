@@ -138,8 +138,14 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Any:
     synthesize_dataset(
         root,
         DatasetConfig(
-            hours=0.01, languages=("en", "hi"), speakers_per_language=4, test_speakers_per_language=1,
-            val_speakers_per_language=1, text_pool=12, workers=1, synthesizers=("espeak",),
+            hours=0.01,
+            languages=("en", "hi"),
+            speakers_per_language=4,
+            test_speakers_per_language=1,
+            val_speakers_per_language=1,
+            text_pool=12,
+            workers=1,
+            synthesizers=("espeak",),
         ),
     )
     return root

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from stream_avatar.avatar.store import Avatar
-from stream_avatar.motion import emotion, rig
-from stream_avatar.motion.emotion import EmotionError, EmotionLayer
+from stream_avatar.emotion import facs as emotion
+from stream_avatar.emotion.facs import EmotionError, EmotionLayer
+from stream_avatar.motion import rig
 
 SIZE = 512
 

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from stream_avatar.avatar.landmarks import detect_faces
 from stream_avatar.avatar.store import Avatar
-from stream_avatar.motion import fitter, rig
+from stream_avatar.capture import fitter
+from stream_avatar.motion import rig
 from stream_avatar.render import facs_basis as fb
 from stream_avatar.render.renderer import RendererWrapper
 

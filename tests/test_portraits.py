@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from stream_avatar.avatar.store import DEFAULT_AVATAR_IMAGE, Avatar, AvatarStore
-from stream_avatar.motion import emotion, rig
+from stream_avatar.emotion import facs as emotion
+from stream_avatar.motion import rig
 from stream_avatar.render.renderer import RendererWrapper
 from tests.test_render_locality import MAX_OUTSIDE_GREY, _outside
 

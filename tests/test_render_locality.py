@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from stream_avatar.avatar.store import Avatar
-from stream_avatar.motion import emotion, rig
+from stream_avatar.emotion import facs as emotion
+from stream_avatar.motion import rig
 from stream_avatar.render.precompute import GRID_STEP_PX
 from stream_avatar.render.renderer import RendererWrapper
 

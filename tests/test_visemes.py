@@ -7,7 +7,8 @@ import pytest
 
 from stream_avatar.data import expressive, visemes
 from stream_avatar.data.visemes import TimedPhoneme
-from stream_avatar.motion import emotion, rig
+from stream_avatar.emotion import facs as emotion
+from stream_avatar.motion import rig
 
 
 @pytest.mark.parametrize(

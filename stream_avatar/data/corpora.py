@@ -4,7 +4,7 @@ Users who already hold one of these corpora point a trainer at its folder; this 
 folder into ``CorpusItem`` records (audio, optional paired video, emotion, intensity, speaker,
 sentence) using nothing but the file naming each corpus publishes, so reading ~10 000 files costs a
 directory walk and no decoding. Emotions are mapped onto the project's eight MEAD names
-(``stream_avatar.motion.emotion.EMOTIONS``), intensities onto [0, 1] on one scale for all three:
+(``stream_avatar.emotion.facs.EMOTIONS``), intensities onto [0, 1] on one scale for all three:
 
 - **MEAD** levels are the reference: ``level_1`` 1/3, ``level_2`` 2/3, ``level_3`` 1.
 - **CREMA-D** levels ``LO`` 1/3, ``MD`` 2/3, ``HI`` 1; ``XX`` (unspecified: 11 of the 12 sentences were
@@ -57,8 +57,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from stream_avatar.emotion.facs import EMOTIONS
 from stream_avatar.motion import rig
-from stream_avatar.motion.emotion import EMOTIONS
 
 if TYPE_CHECKING:
     import av.container
@@ -164,7 +164,7 @@ class CorpusItem:
         corpus: "crema-d", "ravdess" or "mead".
         audio_path: the audio (for a RAVDESS full-AV take, the .mp4 itself: its audio track).
         video_path: the paired video, or None.
-        emotion: one of ``stream_avatar.motion.emotion.EMOTIONS``.
+        emotion: one of ``stream_avatar.emotion.facs.EMOTIONS``.
         intensity: [0, 1] on the module's common scale (0 for neutral).
         speaker: corpus-prefixed actor id ("crema-d:1001", "ravdess:01", "mead:M003").
         language: "en" for all three corpora.
@@ -687,7 +687,7 @@ def mead_rig_targets(
     """
     import av
 
-    from stream_avatar.motion.fitter import fit_frame
+    from stream_avatar.capture.fitter import fit_frame
 
     if item.video_path is None:
         raise ValueError(f"{item.audio_path} has no paired video")

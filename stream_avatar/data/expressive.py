@@ -10,7 +10,7 @@ linearly. Every sample then gets its own random deviation on every parameter, wi
 same size as the differences between neighbouring emotions, so the labels overlap on each single
 feature (a classifier has to combine them, as with real speech) while the means differ as published.
 
-Face. The expression follows the rig's FACS table (``stream_avatar.motion.emotion``) with natural
+Face. The expression follows the rig's FACS table (``stream_avatar.emotion.facs``) with natural
 dynamics: an onset shortly before the speech starts (150-450 ms rise), an apex at the sample's
 intensity with a slow drift, and an offset after the speech ends toward a lingering fraction. On top,
 prosody-linked gestures: brow raises (AU1+AU2) on some primary-stressed syllables and nods on others
@@ -29,7 +29,7 @@ import numpy as np
 
 from stream_avatar.data.visemes import TimedPhoneme, viseme_of
 from stream_avatar.data.warp import Warp
-from stream_avatar.motion import emotion as emotion_mod
+from stream_avatar.emotion import facs as emotion_mod
 from stream_avatar.motion import rig
 
 # emotion → (pitch shift on espeak's 0-99 scale, range factor, rate factor, volume factor) at intensity 1

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from stream_avatar.data import expressive, visemes
-from stream_avatar.motion import emotion as emotion_mod
+from stream_avatar.emotion import facs as emotion_mod
 from stream_avatar.motion import rig
 
 SAMPLE_RATE_HZ = 16000

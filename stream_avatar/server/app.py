@@ -227,7 +227,7 @@ async def serve_forever(server: AvatarServer, ready: Callable[[str], None] | Non
 def build_server(cfg: Config) -> AvatarServer:
     """The real server for a configuration: avatars from the store, engines with the real pieces."""
     from stream_avatar.avatar.store import AvatarStore
-    from stream_avatar.session.engine import build_engine, resolve_device
+    from stream_avatar.session.engine import build_engine, build_renderer, resolve_device
 
     store = AvatarStore(cfg.avatar.store_dir)
     size = cfg.avatar.size
@@ -250,9 +250,7 @@ def build_server(cfg: Config) -> AvatarServer:
         )
 
     def renderer(avatar: Any) -> Any:
-        from stream_avatar.render.renderer import RendererWrapper
-
-        return RendererWrapper(avatar.tensors, device=device)
+        return build_renderer(avatar, device)
 
     settings = ServerSettings(
         host=cfg.server.host,

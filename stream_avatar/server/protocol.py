@@ -65,7 +65,7 @@ def parse(raw: str | bytes) -> dict[str, Any]:
 def _emotion_weights(msg: dict[str, Any]) -> dict[str, float]:
     """``emotion``: a spec string ("happy:0.7", "happy:0.5+surprised:0.3") or ``weights``: an object
     {name: intensity}; exactly one of them."""
-    from stream_avatar.motion.emotion import EmotionError, parse, validate
+    from stream_avatar.emotion.facs import EmotionError, parse, validate
 
     spec, weights = msg.get("emotion"), msg.get("weights")
     try:

@@ -23,7 +23,7 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from stream_avatar.motion import emotion as emotion_mod
+from stream_avatar.emotion import facs as emotion_mod
 from stream_avatar.motion import rig as rig_mod
 from stream_avatar.server import protocol
 from stream_avatar.server.media import (

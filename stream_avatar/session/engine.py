@@ -79,7 +79,7 @@ class Idle(Protocol):
 
 
 class Emotion(Protocol):
-    """The operator's expression layer (``stream_avatar.motion.emotion.EmotionLayer``)."""
+    """The operator's expression layer (``stream_avatar.emotion.facs.EmotionLayer``)."""
 
     @property
     def weights(self) -> dict[str, float]: ...
@@ -220,7 +220,7 @@ class AvatarEngine:
     combine: ``(driver_rig, idle_rig) -> rig``; default clamp(driver + idle).
     warn_when_behind: log a warning (at most every 5 s) when compute is slower than real time.
       Off for offline rendering, where that is expected.
-    emotion: the operator's emotion layer (``stream_avatar.motion.emotion.EmotionLayer``), blended into
+    emotion: the operator's emotion layer (``stream_avatar.emotion.facs.EmotionLayer``), blended into
       every frame's rig after driver + idle; None: a neutral one. ``set_emotion`` changes it.
     packet_lead: live input in packets (WebRTC): start each resampled stream with 2 ms of silence so
       a frame completes with the packet carrying its last sample (saves up to one packet of latency;
@@ -263,7 +263,7 @@ class AvatarEngine:
         self._warn_when_behind = warn_when_behind
         self._packet_lead = packet_lead
         if emotion is None:
-            from stream_avatar.motion.emotion import EmotionLayer
+            from stream_avatar.emotion.facs import EmotionLayer
 
             emotion = EmotionLayer(fps)  # neutral: leaves every rig as it is
         self._emotion: Emotion = emotion
@@ -790,6 +790,13 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def build_renderer(avatar: Any, device: str = "auto") -> Any:
+    """The renderer for one avatar (the only place outside render/ that knows its class)."""
+    from stream_avatar.render.renderer import RendererWrapper
+
+    return RendererWrapper(avatar.tensors, device=resolve_device(device))
+
+
 def build_engine(
     avatar: Any,
     *,
@@ -807,13 +814,11 @@ def build_engine(
     EmotionLayer starting at ``emotion`` (weights from ``emotion.parse``; None: neutral).
     Extra keyword arguments go to AvatarEngine (max_output_frames, max_batch, warn_when_behind).
     """
-    from stream_avatar.motion.emotion import EmotionLayer
+    from stream_avatar.emotion.facs import EmotionLayer
     from stream_avatar.motion.idle import IdleLife, combine
-    from stream_avatar.render.renderer import RendererWrapper
 
-    renderer = RendererWrapper(avatar.tensors, device=resolve_device(device))
     return AvatarEngine(
-        renderer,
+        build_renderer(avatar, device),
         make_driver(driver, fps=fps, seed=seed),
         IdleLife(fps=fps, seed=seed),
         fps=fps,

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from stream_avatar.audio.features import EPS, HOP, N_MELS, SAMPLE_RATE_HZ, mel_band_edges_hz
 from stream_avatar.data import expressive, visemes
-from stream_avatar.motion import emotion as emotion_mod
+from stream_avatar.emotion import facs as emotion_mod
 from stream_avatar.motion import rig
 from stream_avatar.motion.audio2motion import Audio2MotionNet, ModelConfig, output_slices
 from stream_avatar.motion.learned import MotionModel, frame_rows, normalize_features

@@ -1,0 +1,1 @@
+"""Capture: face video → rig coefficients (the inverse fitter), for reference clips and corpora."""
