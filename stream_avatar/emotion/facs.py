@@ -78,6 +78,9 @@ EMOTION_AUS: dict[str, dict[str, float]] = {
 
 EASE_TIME_CONSTANT_S = 0.25
 
+# The voice-inferred emotion as a term of a spec: ``auto`` (or ``auto:W``, W its weight in (0, 1]).
+AUTO = "auto"
+
 
 class EmotionError(ValueError):
     """An emotion spec that cannot be parsed (one-line message naming the problem)."""
@@ -101,6 +104,7 @@ def parse(spec: str) -> dict[str, float]:
     """``"happy:0.7+surprised:0.2"`` → ``{"happy": 0.7, "surprised": 0.2}``.
 
     A term without an intensity means 1.0; ``neutral`` (or an empty spec) means no expression.
+    ``auto`` is the emotion inferred from the voice (``"auto"``, ``"auto+happy:0.3"``; see ``split``).
     Raises EmotionError for unknown names, intensities outside [0, 1] or repeated names.
     """
     weights: dict[str, float] = {}
@@ -110,8 +114,8 @@ def parse(spec: str) -> dict[str, float]:
     for term in text.split("+"):
         name, sep, value = term.strip().partition(":")
         name = name.strip()
-        if name not in EMOTIONS:
-            raise EmotionError(f"unknown emotion {name!r} (known: {', '.join(EMOTIONS)})")
+        if name not in EMOTIONS and name != AUTO:
+            raise EmotionError(f"unknown emotion {name!r} (known: auto, {', '.join(EMOTIONS)})")
         try:
             intensity = float(value) if sep else 1.0
         except ValueError:
@@ -123,20 +127,38 @@ def parse(spec: str) -> dict[str, float]:
         if name in weights:
             raise EmotionError(f"emotion {name} given twice")
         weights[name] = intensity
+    if weights.get(AUTO, 1.0) == 0.0:
+        raise EmotionError("auto needs a weight in (0, 1]; leave it out for operator-only")
     return {k: v for k, v in weights.items() if k != "neutral"}
+
+
+def split(weights: Mapping[str, float]) -> tuple[float, dict[str, float]]:
+    """A spec's weights → (weight of the voice-inferred emotion, operator emotions).
+
+    ``{"happy": 0.7}`` → (0, {"happy": 0.7}): operator only, the voice is ignored.
+    ``{"auto": 1}`` → (1, {}): the face shows what the voice carries.
+    ``{"auto": 1, "happy": 0.3}`` → (0.7, {"happy": 0.3}): an operator term's intensity is also the
+    share of the face it takes, so the inferred emotion keeps ``W · (1 - min(1, Σ intensities))``.
+    """
+    operator = {k: float(v) for k, v in weights.items() if k not in (AUTO, "neutral")}
+    if AUTO not in weights:
+        return 0.0, operator
+    return float(weights[AUTO]) * (1.0 - min(1.0, sum(operator.values()))), operator
 
 
 def validate(weights: Mapping[str, object]) -> dict[str, float]:
     """A weights mapping from untrusted input (e.g. a control message) → clean weights, or EmotionError."""
     out: dict[str, float] = {}
     for name, value in weights.items():
-        if name not in EMOTIONS:
-            raise EmotionError(f"unknown emotion {name!r} (known: {', '.join(EMOTIONS)})")
+        if name not in EMOTIONS and name != AUTO:
+            raise EmotionError(f"unknown emotion {name!r} (known: auto, {', '.join(EMOTIONS)})")
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise EmotionError(f"intensity of {name} must be a number in [0, 1]")
         v = float(value)
         if not 0.0 <= v <= 1.0:
             raise EmotionError(f"intensity of {name} must lie in [0, 1], got {v}")
+        if name == AUTO and v == 0.0:
+            raise EmotionError("auto needs a weight in (0, 1]; leave it out for operator-only")
         if name != "neutral":
             out[name] = v
     return out
@@ -144,7 +166,11 @@ def validate(weights: Mapping[str, object]) -> dict[str, float]:
 
 def format_spec(weights: Mapping[str, float]) -> str:
     """The inverse of ``parse``: ``{"happy": 0.7}`` → ``"happy:0.7"``; empty → ``"neutral"``."""
-    terms = [f"{name}:{value:g}" for name, value in weights.items() if value > 0]
+    terms = [
+        AUTO if name == AUTO and value == 1.0 else f"{name}:{value:g}"
+        for name, value in weights.items()
+        if value > 0
+    ]
     return "+".join(terms) or "neutral"
 
 
@@ -152,6 +178,8 @@ def action_units(weights: Mapping[str, float]) -> dict[str, float]:
     """Blend of emotions → AU intensities, summed over the terms and clamped to [0, 1]."""
     aus: dict[str, float] = {}
     for name, w in weights.items():
+        if name == AUTO:
+            continue  # the inferred part is given as emotions by the engine (EmotionLayer.set_inferred)
         for au, a in EMOTION_AUS[name].items():
             aus[au] = aus.get(au, 0.0) + w * a
     return {au: min(1.0, a) for au, a in aus.items()}
@@ -177,10 +205,13 @@ def blend(base: np.ndarray, expression: np.ndarray) -> np.ndarray:
 
 
 class EmotionLayer:
-    """The operator's emotion for one stream, eased toward each new target once per frame.
+    """The stream's emotion (operator's and voice-inferred), eased toward each new target per frame.
 
-    ``set(weights)`` may be called from any thread (the event loop); ``next()`` and ``apply(rig)`` run
-    on the engine worker, once per frame.
+    ``set(weights)`` (the spec, ``auto`` included) may be called from any thread (the event loop);
+    ``set_inferred(weights)`` gives the emotion inferred from the voice (emotion → intensity, from the
+    emotion model), used only while the spec has ``auto``; ``next()`` and ``apply(rig)`` run on the
+    engine worker, once per frame. The target is the operator's emotions plus the inferred ones scaled
+    by ``split``'s weight.
     """
 
     def __init__(
@@ -191,7 +222,8 @@ class EmotionLayer:
     ) -> None:
         self._lock = threading.Lock()
         self._weights = dict(weights or {})
-        self._target = expression_rig(self._weights)
+        self._inferred: dict[str, float] = {}
+        self._target = expression_rig(self._effective_locked())
         self._current = self._target.copy()  # the initial emotion is there from the first frame
         self._alpha = 1.0 - math.exp(-1.0 / (fps * time_constant_s)) if time_constant_s > 0 else 1.0
 
@@ -200,11 +232,34 @@ class EmotionLayer:
         with self._lock:
             return dict(self._weights)
 
+    @property
+    def auto(self) -> bool:
+        """Whether the spec asks for the voice-inferred emotion."""
+        with self._lock:
+            return AUTO in self._weights
+
+    def effective(self) -> dict[str, float]:
+        """The emotions the face is moving toward (operator + weighted inferred), no ``auto`` key."""
+        with self._lock:
+            return self._effective_locked()
+
+    def _effective_locked(self) -> dict[str, float]:
+        w_auto, out = split(self._weights)
+        if w_auto > 0.0:
+            for name, v in self._inferred.items():
+                if name != "neutral":
+                    out[name] = out.get(name, 0.0) + w_auto * float(v)
+        return out
+
     def set(self, weights: Mapping[str, float]) -> None:
-        target = expression_rig(weights)
         with self._lock:
             self._weights = dict(weights)
-            self._target = target
+            self._target = expression_rig(self._effective_locked())
+
+    def set_inferred(self, weights: Mapping[str, float]) -> None:
+        with self._lock:
+            self._inferred = {k: float(v) for k, v in weights.items() if k in EMOTIONS}
+            self._target = expression_rig(self._effective_locked())
 
     def next(self) -> np.ndarray:
         """The expression rig of the next frame (moves a step toward the target)."""
