@@ -133,6 +133,8 @@ class OutputItem:
       was computed from (the last frame after ``end_input`` is zero-padded).
     rig: (RIG_SIZE,) float32, the rig that was rendered (driver + idle, clamped).
     speaking: the driver's voice-activity decision for this frame.
+    emotion: per-emotion probabilities shown by this frame (``facs.EMOTIONS`` → p, summing to 1):
+      the emotion model's estimate while the spec has ``auto``, else the operator's emotion.
     """
 
     index: int
@@ -142,6 +144,7 @@ class OutputItem:
     audio: np.ndarray
     rig: np.ndarray
     speaking: bool
+    emotion: dict[str, float] | None = None
 
     @property
     def time_s(self) -> float:
