@@ -8,7 +8,9 @@
     stream-avatar demo [--text TEXT]                               renders a spoken demo to ./out/demo.mp4
     stream-avatar data synth --hours H --out DIR                   synthetic phone-aligned training speech
     stream-avatar train motion --data DIR [--out models/motion]    trains the learned driver (resumable)
+    stream-avatar train emotion --data DIR [--out models/emotion]  trains the emotion stage (resumable)
     stream-avatar eval motion [--data DIR]                         lip-sync report in benchmarks/results/
+    stream-avatar eval emotion --data DIR                          emotion report in benchmarks/results/
 
 Global options: ``-v`` (info logs; ``-vv`` debug), ``--config FILE`` (TOML, see stream_avatar.config).
 User errors (bad audio, bad image, bad settings, missing files) print one line ``error: ...`` on stderr
@@ -63,8 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
             "--emotion",
             default=None,
             metavar="NAME[:INTENSITY]",
-            help="the operator's emotion: neutral, happy, sad, angry, fear, disgusted, surprised, contempt; "
-            "intensity 0-1 (default 1); blend with +, e.g. happy:0.5+surprised:0.3",
+            help="the emotion: auto (inferred from the voice; the default) or neutral, happy, sad, angry, "
+            "fear, disgusted, surprised, contempt, with an intensity 0-1 (default 1); terms join with +. "
+            "E.g. auto, happy:0.7, happy:0.5+surprised:0.3, auto+happy:0.3 (the voice's emotion with "
+            "some happy mixed in), auto:0.5 (the voice's emotion at half strength)",
+        )
+        p.add_argument(
+            "--emotion-ref",
+            default=None,
+            metavar="CLIP",
+            help="take the emotion from a short face video (face mesh → rig → the emotion model's visual "
+            "branch) instead of --emotion",
         )
         p.add_argument(
             "--driver", default=None, choices=("learned", "dsp"), help="motion driver (default learned)"
@@ -164,6 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
     tm.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     tm.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    te = train_sub.add_parser("emotion", help="the emotion embedder, bank and discriminator (resumable)")
+    te.add_argument(
+        "--data", required=True, nargs="+", metavar="DIR", help="dataset(s) from `stream-avatar data synth`"
+    )
+    te.add_argument(
+        "--corpus",
+        nargs="+",
+        default=[],
+        metavar="ROOT",
+        help="also train on CREMA-D / RAVDESS / MEAD folders you have (audio; see `data corpus`)",
+    )
+    te.add_argument("--out", default="models/emotion", metavar="DIR", help="model folder (default: shipped)")
+    te.add_argument("--steps", type=int, default=None, help="embedder + bank steps (default 2500)")
+    te.add_argument("--disc-steps", type=int, default=None, help="discriminator steps first (default 600)")
+    te.add_argument("--batch", type=int, default=None, help="windows per batch (default 64)")
+    te.add_argument("--seed", type=int, default=0, help="the same seed and data give the same model")
+    te.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out and start over")
+    te.add_argument("--eval-every", type=int, default=None, help="validate every N steps (default 500)")
+    te.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    te.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     ev = sub.add_parser("eval", help="evaluate a model; writes JSON, markdown and plots")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="MODEL")
     em = ev_sub.add_parser("motion", help="lip-sync r of learned vs DSP vs offline phone recognizer")
@@ -175,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--per-group", type=int, default=40, help="utterances per split and synthesizer")
     em.add_argument("--no-real", action="store_true", help="skip the real-speech set")
     em.add_argument("--no-allphone", action="store_true", help="skip the pocketsphinx baseline")
+
+    ee = ev_sub.add_parser("emotion", help="emotion accuracy, discriminator, speaker probe, real speech")
+    ee.add_argument("--data", required=True, nargs="+", metavar="DIR", help="synthetic dataset(s)")
+    ee.add_argument("--model", default=None, metavar="DIR", help="model folder (default: shipped)")
+    ee.add_argument("--out", default="benchmarks/results", metavar="DIR", help="report folder")
+    ee.add_argument("--per-split", type=int, default=400, help="utterances per held-out split")
+    ee.add_argument("--no-real", action="store_true", help="skip the real-speech set")
 
     demo = sub.add_parser("demo", help="render a spoken demo sentence (espeak-ng) to ./out/demo.mp4")
     demo.add_argument("--text", default=DEMO_TEXT, help="sentence to speak")
@@ -197,6 +236,20 @@ def _config(args: argparse.Namespace) -> Config:
         "latency_budget_ms": getattr(args, "latency_budget_ms", None),
         "max_sessions": getattr(args, "max_sessions", None),
     }
+    ref = getattr(args, "emotion_ref", None)
+    if ref is not None:
+        from stream_avatar.emotion.facs import format_spec
+        from stream_avatar.emotion.reference import ReferenceError, clip_emotion
+
+        try:
+            weights = clip_emotion(ref)
+        except ReferenceError as exc:
+            raise UserError(f"--emotion-ref: {exc}") from None
+        logging.getLogger(__name__).info(
+            "emotion from reference clip", extra={"emotion": format_spec(weights)}
+        )
+        print(f"emotion from {Path(ref).name}: {format_spec(weights)}", file=sys.stderr)
+        overrides["emotion"] = format_spec(weights)
     return load_config(overrides, config_path=args.config)
 
 
@@ -363,6 +416,9 @@ def cmd_data(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     from tqdm import tqdm
 
+    if args.train_command == "emotion":
+        return _train_emotion(args)
+
     from stream_avatar.motion.audio2motion import ModelConfig
     from stream_avatar.train.motion import TrainConfig, train
 
@@ -404,6 +460,47 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _check_datasets(dirs: list[str]) -> list[Path]:
+    data = [Path(d) for d in dirs]
+    for d in data:
+        if not (d / "dataset.json").is_file():
+            raise UserError(f"{d} is not a dataset (no dataset.json): make one with `data synth`")
+    return data
+
+
+def _train_emotion(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from stream_avatar.train.emotion import TrainConfig, train, validator
+
+    data = _check_datasets(args.data)
+    kw: dict[str, Any] = {"seed": args.seed, "threads": args.threads}
+    for key in ("steps", "disc_steps", "batch", "eval_every"):
+        if getattr(args, key) is not None:
+            kw[key] = getattr(args, key)
+    tcfg = TrainConfig(**kw)
+    total = tcfg.steps + tcfg.disc_steps
+    with tqdm(total=total, unit="step", disable=args.no_progress or not sys.stderr.isatty()) as bar:
+
+        def progress(done: int, _total: int, losses: dict[str, float]) -> None:
+            bar.n = done
+            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+            bar.refresh()
+
+        train(
+            data,
+            args.out,
+            tcfg,
+            resume=not args.fresh,
+            progress=progress,
+            evaluate=validator(data),
+            log=lambda m: tqdm.write(m, file=sys.stderr),
+            corpora=[Path(c) for c in args.corpus],
+        )
+    print(Path(args.out).resolve())
+    return 0
+
+
 def _motion_validator(data: list[Path]) -> Any:
     """Validation during training: mean r on the synthetic val splits (the real set stays for eval)."""
     from stream_avatar.eval.motion import pearson, predict_jaw, synthetic_clips
@@ -420,6 +517,22 @@ def _motion_validator(data: list[Path]) -> Any:
 
 
 def cmd_eval(args: argparse.Namespace, cfg: Config) -> int:
+    if args.eval_command == "emotion":
+        from stream_avatar.eval import emotion as ev
+
+        data = _check_datasets(args.data)
+        rep = ev.evaluate_emotion(
+            data,
+            args.model,
+            per_split=args.per_split,
+            real=not args.no_real,
+            log=lambda m: print(m, file=sys.stderr),
+        )
+        written = ev.write_report(rep, args.out)
+        print((Path(args.out) / "emotion_eval.md").read_text(encoding="utf-8"))
+        for f in written:
+            print(f, file=sys.stderr)
+        return 0
     from stream_avatar.eval.motion import evaluate_motion, write_report
 
     report = evaluate_motion(

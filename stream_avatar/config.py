@@ -11,7 +11,8 @@ TOML layout (every key optional)::
     driver = "learned"       # "learned" (models/motion) or "dsp"
     max_buffer_s = 2.0
     device = "auto"          # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
-    emotion = "happy:0.5"    # the operator's emotion: NAME[:INTENSITY] terms joined by "+"
+    emotion = "auto"         # NAME[:INTENSITY] terms joined by "+"; auto = inferred from the voice
+                             # ("auto" is the default; "happy:0.7"; "auto+happy:0.3"; "auto:0.5")
 
     [avatar]
     spec = "portrait.jpg"    # an image path or an enrolled avatar id; empty = the default avatar
@@ -62,15 +63,17 @@ class EngineConfig:
     driver: name of the audio-to-motion driver: "learned" (the shipped model in models/motion) or "dsp".
     max_buffer_s: live input buffer bound in seconds of audio; beyond it the oldest audio is dropped.
     device: torch device for rendering; "auto" picks cuda when available, else cpu.
-    emotion: the operator's emotion, ``NAME[:INTENSITY]`` terms joined by ``+`` (e.g. ``happy:0.7``);
-      see ``stream_avatar.emotion.facs``.
+    emotion: the emotion spec, ``NAME[:INTENSITY]`` terms joined by ``+`` (e.g. ``happy:0.7``); the
+      name ``auto`` is the emotion inferred from the voice (``auto``, ``auto:0.5``, ``auto+happy:0.3``:
+      voice-inferred with an operator emotion mixed in). Default ``auto``. See
+      ``stream_avatar.emotion.facs``.
     """
 
     fps: int = 25
     driver: str = "learned"
     max_buffer_s: float = 2.0
     device: str = "auto"
-    emotion: str = "neutral"
+    emotion: str = "auto"
 
     @property
     def emotion_weights(self) -> dict[str, float]:

@@ -157,7 +157,8 @@ async def render_engine_to_file(
 
     samples: (n,) float32 mono in [-1, 1] (or int16) at ``sample_rate_hz``.
     The engine is started here and closed on return (it serves one stream).
-    rig_out: JSONL path; one line per frame: ``{"pts": seconds, "rig": {name: value}}``.
+    rig_out: JSONL path; one line per frame: ``{"pts": seconds, "rig": {name: value}}``, plus
+      ``"emotion": {name: p}`` (the frame's emotion probabilities) when the engine reports them.
     Raises ValueError when the audio yields no frame; nothing is left at ``out_path``/``rig_out`` on error.
     """
     out = Path(out_path)
@@ -182,7 +183,9 @@ async def render_engine_to_file(
             async for item in engine:
                 writer.write(item)
                 if rig_file is not None:
-                    line = {"pts": round(item.time_s, 6), "rig": rig_mod.to_dict(item.rig)}
+                    line: dict[str, Any] = {"pts": round(item.time_s, 6), "rig": rig_mod.to_dict(item.rig)}
+                    if item.emotion is not None:
+                        line["emotion"] = item.emotion
                     rig_file.write(json.dumps(line, separators=(",", ":")) + "\n")
                 bar.update(1)
             await feeder  # re-raises a feeding error (e.g. malformed samples)

@@ -7,9 +7,10 @@ channel is round(jawOpen * 255), so a test can read the mouth straight off a pix
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,6 +160,39 @@ class FakeResampler:
         out = self._emit(final=True)
         self._buf = np.zeros(0, np.float64)
         return out
+
+
+def operator_probabilities(weights: Mapping[str, float]) -> dict[str, float]:
+    """Operator emotion weights as probabilities over facs.EMOTIONS: each term's intensity (scaled to
+    sum <= 1), the rest neutral. ``{"happy": 0.8}`` -> happy 0.8, neutral 0.2, others 0."""
+    from stream_avatar.emotion.facs import EMOTIONS
+
+    terms = {k: float(v) for k, v in weights.items() if k in EMOTIONS and k != "neutral"}
+    scale = 1.0 / max(1.0, sum(terms.values()))
+    probs = {name: terms.get(name, 0.0) * scale for name in EMOTIONS}
+    probs["neutral"] = 1.0 - sum(probs.values())
+    return probs
+
+
+class EmotionTaggedEngine:
+    """Wraps an AvatarEngine so that every frame carries ``OutputItem.emotion``: the engine's own when
+    it sets one, else ``operator_probabilities`` of its current emotion. Everything else is delegated."""
+
+    def __init__(self, engine: Any) -> None:
+        self.inner = engine
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __aiter__(self) -> EmotionTaggedEngine:
+        self.inner.__aiter__()
+        return self
+
+    async def __anext__(self) -> Any:
+        item = await self.inner.__anext__()
+        if item.emotion is not None:
+            return item
+        return dataclasses.replace(item, emotion=operator_probabilities(self.inner.emotion))
 
 
 def fake_engine_parts(size: int = 32, fps: int = 25, gate: threading.Event | None = None):

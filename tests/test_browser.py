@@ -192,6 +192,9 @@ def test_browser_talks(chromium: tuple[str, ModuleType], server_url: str, mic_wa
             page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
             page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
             page.goto(server_url)
+            # The emotion menu starts at auto (the voice's emotion); intensity and mixing are for the others.
+            assert page.input_value("#emotion") == "auto"
+            assert page.is_disabled("#intensity") and page.is_disabled("#mix-auto")
             page.click("#connect")
             try:
                 page.wait_for_function(
@@ -203,6 +206,8 @@ def test_browser_talks(chromium: tuple[str, ModuleType], server_url: str, mic_wa
                 state = page.evaluate("() => [window.streamAvatar.state, window.streamAvatar.errors]")
                 message = page.text_content("#message")
                 pytest.fail(f"not live within {LIVE_TIMEOUT_MS} ms: {state}, {message!r}, console {console}")
+            hello = page.evaluate("window.streamAvatar.hello")
+            assert hello["protocol"] == 2 and hello["emotion"] == "auto", hello  # the server's default
             r = page.evaluate(
                 CAPTURE_JS,
                 {
@@ -215,6 +220,23 @@ def test_browser_talks(chromium: tuple[str, ModuleType], server_url: str, mic_wa
             # The emotion control reaches the server and comes back confirmed.
             page.select_option("#emotion", "surprised")
             page.wait_for_function("() => window.streamAvatar.emotion === 'surprised:0.7'", timeout=5000)
+            page.check("#mix-auto")
+            page.wait_for_function("() => window.streamAvatar.emotion === 'auto+surprised:0.7'", timeout=5000)
+            # The rig channel's emotion probabilities reach the page's bars.
+            page.wait_for_function(
+                "() => Object.keys(window.streamAvatar.emotionShown ?? {}).length === 8", timeout=5000
+            )
+            emotion_bars = page.eval_on_selector_all(
+                "#emotion-bars .rig-val", "els => els.map(e => e.textContent)"
+            )
+            # A reference clip goes up as emotion_ref; one that is no video comes back as bad_reference.
+            page.set_input_files(
+                "#reference",
+                files=[{"name": "clip.webm", "mimeType": "video/webm", "buffer": b"not a video"}],
+            )
+            page.wait_for_function(
+                "() => window.streamAvatar.errors.some((e) => e.code === 'bad_reference')", timeout=5000
+            )
             page.click("#disconnect")
             assert page.evaluate("window.streamAvatar.state") == "idle"
         finally:
@@ -244,7 +266,7 @@ def test_browser_talks(chromium: tuple[str, ModuleType], server_url: str, mic_wa
         f"browser jitter buffer video {jitter_ms['video']:.0f} ms / audio {jitter_ms['audio']:.0f} ms, "
         f"server {r['serverStats']}"
     )
-    print(summary)
+    print(summary, hello)
 
     assert r["size"] == [SIZE, SIZE], summary
     assert dt_s >= 3.0, summary
@@ -258,3 +280,4 @@ def test_browser_talks(chromium: tuple[str, ModuleType], server_url: str, mic_wa
     assert correlation > MIN_JAW_CORRELATION, summary
     assert background_change.max() < BACKGROUND_MAX_CHANGE, summary
     assert not r["errors"], summary
+    assert len(emotion_bars) == 8 and all(v != "–" for v in emotion_bars), emotion_bars

@@ -228,7 +228,9 @@ def test_config_missing_file_and_bad_env() -> None:
 def test_emotion_flag_and_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = load_config({"emotion": "happy:0.7"})
     assert cfg.engine.emotion_weights == {"happy": 0.7}
-    assert load_config({}).engine.emotion_weights == {}
+    assert load_config({}, environ={}).engine.emotion == "auto"  # the voice's emotion by default
+    assert load_config({}, environ={}).engine.emotion_weights == {"auto": 1.0}
+    assert load_config({"emotion": "auto+happy:0.3"}).engine.emotion_weights == {"auto": 1.0, "happy": 0.3}
     with pytest.raises(ConfigError, match="emotion"):
         load_config({"emotion": "joy"})
     wav = tmp_path / "a.wav"

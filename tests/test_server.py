@@ -7,13 +7,20 @@ leave CPU for the media path); the client is ``stream_avatar.server.client.Avata
 from __future__ import annotations
 
 import asyncio
+import base64
+import importlib
 import json
+import os
+import stat
+import sys
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -22,12 +29,15 @@ import websockets
 
 from stream_avatar.audio.resample import resample
 from stream_avatar.avatar.store import Avatar
-from stream_avatar.server.app import AvatarServer, ServerSettings
+from stream_avatar.emotion.facs import EMOTIONS
+from stream_avatar.server import protocol
+from stream_avatar.server.app import WS_MAX_SIZE, AvatarServer, ServerSettings
 from stream_avatar.server.client import AvatarClient, PcmSource
 from stream_avatar.server.media import LowDelayAudioJitterBuffer, set_audio_jitter_buffer
 from stream_avatar.server.session import SessionSettings
 from stream_avatar.session.engine import build_engine
 from tests.conftest import SpeechBursts
+from tests.fakes import EmotionTaggedEngine
 
 SIZE = 128
 FPS = 25
@@ -39,7 +49,12 @@ def avatar(default_avatar: Callable[[int], Avatar]) -> Avatar:
     return default_avatar(SIZE)
 
 
-def make_server(avatar: Avatar, web_root: Path | None = None, max_sessions: int = 4) -> AvatarServer:
+def make_server(
+    avatar: Avatar,
+    web_root: Path | None = None,
+    max_sessions: int = 4,
+    wrap_engine: Callable[[Any], Any] = lambda engine: engine,
+) -> AvatarServer:
     from stream_avatar.render.renderer import RendererWrapper
 
     settings = ServerSettings(
@@ -55,7 +70,7 @@ def make_server(avatar: Avatar, web_root: Path | None = None, max_sessions: int 
     return AvatarServer(
         settings,
         resolve,
-        lambda a: build_engine(a, device="cpu", packet_lead=True),
+        lambda a: wrap_engine(build_engine(a, device="cpu", packet_lead=True)),
         lambda a: RendererWrapper(a.tensors, "cpu"),
         **kwargs,
     )
@@ -189,7 +204,7 @@ async def test_loopback_speech_bursts(server: AvatarServer, speech_bursts: Speec
 async def test_bad_messages_get_errors_and_the_session_survives(server: AvatarServer) -> None:
     async with websockets.connect(server.url.replace("http", "ws") + "/ws") as ws:
         hello = json.loads(await ws.recv())
-        assert hello["type"] == "hello" and hello["protocol"] == 1
+        assert hello["type"] == "hello" and hello["protocol"] == 2
 
         async def ask(raw: str) -> dict[str, Any]:
             await ws.send(raw)
@@ -224,6 +239,198 @@ async def test_bad_messages_get_errors_and_the_session_survives(server: AvatarSe
     assert await wait_for(lambda: not server.sessions)
 
 
+async def test_emotion_accepts_auto(server: AvatarServer) -> None:
+    async with websockets.connect(server.url.replace("http", "ws") + "/ws") as ws:
+        hello = json.loads(await ws.recv())
+        assert hello["emotion"] == "auto"  # the default: the emotion inferred from the voice
+
+        async def ask(message: dict[str, Any]) -> dict[str, Any]:
+            await ws.send(json.dumps(message))
+            return json.loads(await asyncio.wait_for(ws.recv(), 5))
+
+        cases = [
+            ({"emotion": "auto"}, "auto", {"auto": 1.0}),
+            ({"emotion": "auto+happy:0.3"}, "auto+happy:0.3", {"auto": 1.0, "happy": 0.3}),
+            ({"emotion": "auto:0.5"}, "auto:0.5", {"auto": 0.5}),
+            ({"weights": {"auto": 1, "sad": 0.4}}, "auto+sad:0.4", {"auto": 1.0, "sad": 0.4}),
+            ({"emotion": "happy:0.7"}, "happy:0.7", {"happy": 0.7}),
+        ]
+        for fields, spec, weights in cases:
+            reply = await ask({"type": "emotion", **fields})
+            assert reply == {"type": "emotion", "emotion": spec, "weights": weights}, fields
+        for bad in ({"emotion": "auto:0"}, {"emotion": "auto+auto"}, {"weights": {"auto": 0}}):
+            reply = await ask({"type": "emotion", **bad})
+            assert reply["type"] == "error" and reply["code"] == "bad_field" and "auto" in reply["message"]
+        session = next(iter(server.sessions.values()))
+        assert session._emotion == {"happy": 0.7}  # the last good one; the bad ones changed nothing
+
+
+@pytest.fixture
+def reference_module(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """stream_avatar.emotion.reference (or a stand-in with its ReferenceError where it is not there
+    yet); each test sets its ``clip_emotion`` with monkeypatch."""
+    try:
+        return importlib.import_module("stream_avatar.emotion.reference")
+    except ImportError:
+        module = ModuleType("stream_avatar.emotion.reference")
+
+        class ReferenceError(ValueError):  # the real module's name (shadows the builtin)
+            pass
+
+        module.ReferenceError = ReferenceError  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+        return module
+
+
+# The first bytes of an MP4 (ftyp box) and of a WebM (EBML header): enough for the server's sniffing.
+MP4 = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41" + bytes(64)
+WEBM = b"\x1a\x45\xdf\xa3" + bytes(64)
+
+
+def ref_message(clip: bytes) -> str:
+    return json.dumps({"type": "emotion_ref", "data": base64.b64encode(clip).decode()})
+
+
+async def test_emotion_ref_errors_leave_the_session_and_its_emotion(
+    server: AvatarServer, reference_module: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[str, bytes, int]] = []
+
+    def clip_emotion(path: str | Path) -> dict[str, float]:
+        seen.append((str(path), Path(path).read_bytes(), stat.S_IMODE(os.stat(path).st_mode)))
+        if len(seen) == 1:
+            raise reference_module.ReferenceError(f"{Path(path).name}: no video stream")
+        if len(seen) == 2:
+            raise reference_module.ReferenceError("no face found in the clip")
+        raise RuntimeError("a bug in the analysis")
+
+    monkeypatch.setattr(reference_module, "clip_emotion", clip_emotion, raising=False)
+    async with websockets.connect(server.url.replace("http", "ws") + "/ws") as ws:
+        hello = json.loads(await ws.recv())
+        assert hello["reference_max_bytes"] == protocol.MAX_REFERENCE_BYTES == 8 * 1024 * 1024
+
+        async def ask(raw: str) -> dict[str, Any]:
+            await ws.send(raw)
+            return json.loads(await asyncio.wait_for(ws.recv(), 10))
+
+        assert (await ask('{"type": "emotion", "emotion": "sad:0.5"}'))["emotion"] == "sad:0.5"
+        # One byte over (caught once decoded) and a few over (caught by the length of the text).
+        oversized = base64.b64encode(bytes(protocol.MAX_REFERENCE_BYTES + 1)).decode()
+        longer = base64.b64encode(bytes(protocol.MAX_REFERENCE_BYTES + 3)).decode()
+        assert len(oversized) <= protocol.MAX_REFERENCE_BASE64_CHARS < len(longer)
+        assert len(longer) + 100 < WS_MAX_SIZE  # refused by the session, not by the transport
+        cases = {
+            '{"type": "emotion_ref"}': ("bad_field", "base64"),
+            '{"type": "emotion_ref", "data": 12}': ("bad_field", "base64"),
+            '{"type": "emotion_ref", "data": ""}': ("bad_field", "base64"),
+            '{"type": "emotion_ref", "data": "not base64!"}': ("bad_field", "not valid base64"),
+            '{"type": "emotion_ref", "data": "AAAAIGZ0eXA"}': ("bad_field", "not valid base64"),  # no padding
+            json.dumps({"type": "emotion_ref", "data": oversized}): ("too_large", "limit of 8 MiB"),
+            json.dumps({"type": "emotion_ref", "data": longer}): ("too_large", "limit of 8 MiB"),
+            # Over 64 KiB is fine for this type: 70000 "A"s decode (to zeros), which are no video.
+            json.dumps({"type": "emotion_ref", "data": "A" * 70000}): ("bad_reference", "neither an MP4"),
+            json.dumps({"type": "ping", "t": 1, "pad": "x" * 100_000}): ("too_large", "exceeds"),
+            ref_message(b"GIF89a" + bytes(64)): ("bad_reference", "neither an MP4 nor a WebM"),
+            # The server's temp file is not named in the reply.
+            ref_message(MP4): ("bad_reference", "reference clip: no video stream"),
+            ref_message(WEBM): ("bad_reference", "reference clip: no face found in the clip"),
+            ref_message(MP4 + b"!"): ("reference_failed", "could not analyse"),  # logged, not shown
+        }
+        for raw, (code, text) in cases.items():
+            reply = await ask(raw)
+            assert reply["type"] == "error" and reply["code"] == code, (raw[:60], reply)
+            assert text in reply["message"] and "\n" not in reply["message"], reply
+        # clip_emotion saw the clip's bytes in a private temp file (of the server's naming), since removed.
+        assert [(Path(p).suffix, data, mode) for p, data, mode in seen] == [
+            (".mp4", MP4, 0o600),
+            (".webm", WEBM, 0o600),
+            (".mp4", MP4 + b"!", 0o600),
+        ]
+        for path, _, _ in seen:
+            assert Path(path).parent == Path(tempfile.gettempdir()) and not Path(path).exists()
+        # The session survived every one of them, its emotion untouched.
+        assert await ask('{"type": "ping", "t": 3}') == {"type": "pong", "t": 3}
+        session = next(iter(server.sessions.values()))
+        assert session._emotion == {"sad": 0.5}
+    assert await wait_for(lambda: not server.sessions)
+
+
+async def test_emotion_ref_is_analysed_off_the_loop_one_at_a_time(
+    server: AvatarServer, reference_module: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def clip_emotion(path: str | Path) -> dict[str, float]:
+        entered.set()
+        assert release.wait(10)
+        return {"happy": 0.8}
+
+    monkeypatch.setattr(reference_module, "clip_emotion", clip_emotion, raising=False)
+    async with websockets.connect(server.url.replace("http", "ws") + "/ws") as ws:
+        json.loads(await ws.recv())
+
+        async def ask(raw: str) -> dict[str, Any]:
+            await ws.send(raw)
+            return json.loads(await asyncio.wait_for(ws.recv(), 5))
+
+        await ws.send(ref_message(MP4))
+        assert await asyncio.to_thread(entered.wait, 5)
+        # While the clip is analysed, the session answers (clear, ping) and refuses a second clip.
+        assert (await ask('{"type": "clear"}'))["type"] == "cleared"
+        reply = await ask(ref_message(WEBM))
+        assert reply["type"] == "error" and reply["code"] == "reference_busy", reply
+        assert await ask('{"type": "ping", "t": 1}') == {"type": "pong", "t": 1}
+        release.set()
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert reply == {
+            "type": "emotion",
+            "emotion": "happy:0.8",
+            "weights": {"happy": 0.8},
+            "source": "reference",
+        }
+        session = next(iter(server.sessions.values()))
+        assert session._emotion == {"happy": 0.8}
+        # Done: the next clip is taken.
+        reply = await ask(ref_message(WEBM))
+        assert reply["type"] == "emotion" and reply["source"] == "reference"
+
+
+async def test_emotion_ref_sets_the_engines_emotion_and_rig_carries_probabilities(
+    avatar: Avatar, reference_module: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reference_module, "clip_emotion", lambda path: {"happy": 0.8}, raising=False)
+    srv = make_server(avatar, wrap_engine=EmotionTaggedEngine)
+    await srv.start()
+    client = AvatarClient(srv.url, PcmSource(np.zeros(RATE * 4, np.float32)))
+    try:
+        await client.connect()
+        assert await wait_for(lambda: len(client.received.rig) > 5)
+        # Every rig message has the frame's emotion: probabilities over the 8 emotions, 3 decimals.
+        first = client.received.rig[-1][1]["emotion"]
+        assert set(first) == set(EMOTIONS) and first["neutral"] == 1.0, first
+        await client.send({"type": "emotion_ref", "data": base64.b64encode(MP4).decode()})
+        reply = await client.reply("emotion")
+        assert reply == {
+            "type": "emotion",
+            "emotion": "happy:0.8",
+            "weights": {"happy": 0.8},
+            "source": "reference",
+        }
+        session = next(iter(srv.sessions.values()))
+        assert session.engine is not None and session.engine.emotion == {"happy": 0.8}
+        sent = time.monotonic()
+        assert await wait_for(lambda: any(t > sent + 0.2 for t, _ in client.received.rig))
+        later = [m["emotion"] for t, m in client.received.rig if t > sent + 0.2]
+        assert later[-1]["happy"] == 0.8 and later[-1]["neutral"] == 0.2, later[-1]
+        assert all(round(p, 3) == p for m in later for p in m.values())
+        # The smile shows on the rig as well (FACS AU12 eased in).
+        assert await wait_for(lambda: client.received.rig[-1][1]["rig"]["mouthSmileLeft"] > 0.5)
+    finally:
+        await client.close()
+        await srv.aclose()
+    assert not srv.sessions
+
+
 async def test_second_offer_is_refused_and_media_keeps_flowing(server: AvatarServer) -> None:
     client = AvatarClient(server.url, PcmSource(np.zeros(RATE * 3, np.float32)))
     try:
@@ -239,7 +446,7 @@ async def test_second_offer_is_refused_and_media_keeps_flowing(server: AvatarSer
         await client.send({"type": "avatar", "avatar": "default"})
         assert (await client.reply("avatar"))["type"] == "avatar"
         # The operator's emotion changes the face within a second (the rig channel shows it).
-        assert client.hello is not None and client.hello["emotion"] == "neutral"
+        assert client.hello is not None and client.hello["emotion"] == "auto"  # the default
         await client.send({"type": "emotion", "emotion": "surprised:0.9"})
         assert (await client.reply("emotion"))["weights"] == {"surprised": 0.9}
         sent = time.monotonic()

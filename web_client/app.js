@@ -1,5 +1,5 @@
-// The page: buttons, the remote video, the stats panel and the rig bars. Signaling and WebRTC live in
-// session.js, getStats digestion in stats.js.
+// The page: buttons, the remote video, the stats panel, the emotion controls and the rig and emotion
+// bars. Signaling and WebRTC live in session.js, getStats digestion in stats.js.
 
 import { AvatarSession } from "./session.js";
 import { StatsSampler, readCounters } from "./stats.js";
@@ -19,15 +19,23 @@ const ui = {
   emotion: $("emotion"),
   intensity: $("intensity"),
   intensityValue: $("intensity-value"),
+  mixAuto: $("mix-auto"),
+  reference: $("reference"),
   message: $("message"),
   rig: $("rig"),
   rigInfo: $("rig-info"),
+  emotionBars: $("emotion-bars"),
+  emotionInfo: $("emotion-info"),
 };
 
 const RIG_BARS = [
   "jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthSmileLeft", "mouthStretchLeft",
   "eyeBlinkLeft", "eyeBlinkRight", "browInnerUp",
 ];
+// The 8 emotions of the protocol (the `emotion` of rig messages has each of them), in its order.
+const EMOTIONS = ["neutral", "happy", "sad", "angry", "fear", "disgusted", "surprised", "contempt"];
+// The largest reference clip, decoded, when the server's hello does not say (protocol version 1).
+const REFERENCE_MAX_BYTES = 8 * 1024 * 1024;
 // Echo cancellation keeps the avatar's own voice out of the mic; noise suppression and automatic gain
 // would reshape the level the mouth driver reads.
 const MIC_CONSTRAINTS = { audio: { echoCancellation: true, noiseSuppression: false, autoGainControl: false } };
@@ -43,7 +51,9 @@ const live = {
   audioPlaying: false,
   audioSamplesReceived: 0,
   serverStats: null,
-  emotion: null, // the server's confirmation of the last emotion sent ("happy:0.7", "neutral")
+  emotion: null, // the server's confirmation of the last emotion sent ("auto", "happy:0.7", "auto+happy:0.3")
+  emotionSource: null, // "reference" when that confirmation answered an uploaded clip, else null
+  emotionShown: null, // the last rig message's per-emotion probabilities ({neutral: 0.9, ...}), or null
   wsRttMs: null,
   errors: [],
   /** A fresh getStats reading (cumulative counters, `t` in ms), or null without a connection. */
@@ -52,6 +62,7 @@ const live = {
 window.streamAvatar = live;
 
 let current = null; // {session, mic, sampler, timer}
+let emotionPicked = false; // an emotion was chosen on this page; else the menu shows the server's
 
 function setState(state) {
   live.state = state;
@@ -62,6 +73,7 @@ function setState(state) {
   ui.disconnect.disabled = !busy;
   ui.interrupt.disabled = state !== "live";
   ui.avatarSwitch.disabled = state !== "live";
+  ui.reference.disabled = state !== "live";
 }
 
 function showMessage(text, kind = "error") {
@@ -119,7 +131,7 @@ async function connect() {
   wire(session, remote);
   try {
     live.hello = await session.open();
-    if (ui.emotion.value !== "neutral") sendEmotion();
+    if (emotionPicked) sendEmotion();
     await session.negotiate(mic);
   } catch (err) {
     if (current?.session === session) {
@@ -137,13 +149,8 @@ function wire(session, remote) {
   session.addEventListener("hello", ({ detail: h }) => {
     ui.session.textContent =
       `session ${h.session} · ${h.fps} fps · ${h.size}² · avatar ${h.avatar} · budget ${h.latency_budget_ms} ms`;
-    // Show the server's starting emotion (its first term) unless one was picked here already.
-    const [name, value] = String(h.emotion ?? "neutral").split("+")[0].split(":");
-    if (ui.emotion.value === "neutral" && name !== "neutral" && [...ui.emotion.options].some((o) => o.value === name)) {
-      ui.emotion.value = name;
-      ui.intensity.value = value ?? "1";
-      ui.intensityValue.textContent = Number(ui.intensity.value).toFixed(2);
-    }
+    // Show the server's starting emotion unless one was picked here already.
+    if (!emotionPicked) showEmotionSpec(h.emotion);
   });
   session.addEventListener("track", ({ detail: track }) => {
     remote.addTrack(track);
@@ -161,6 +168,7 @@ function wire(session, remote) {
   session.addEventListener("rig", ({ detail: msg }) => {
     live.rigMessages += 1;
     live.lastRig = msg;
+    live.emotionShown = msg.emotion ?? null;
     scheduleRig();
   });
   session.addEventListener("stats", ({ detail: s }) => {
@@ -179,6 +187,11 @@ function wire(session, remote) {
   });
   session.addEventListener("emotion", ({ detail: m }) => {
     live.emotion = m.emotion;
+    live.emotionSource = m.source ?? null;
+    if (m.source === "reference") {
+      showEmotionSpec(m.emotion); // the clip's emotion replaced the menu's choice
+      showMessage(`Reference clip read: ${m.emotion}`, "info");
+    }
   });
   session.addEventListener("avatar", ({ detail: m }) => {
     showMessage(`Avatar now: ${m.avatar}`, "info");
@@ -244,15 +257,30 @@ function teardown(state = "idle") {
   setState(state);
 }
 
-// Rig bars: redrawn at most once per animation frame.
-const bars = new Map();
-for (const name of RIG_BARS) {
-  const row = document.createElement("div");
-  row.className = "rig-row";
-  row.innerHTML = `<span class="rig-name">${name}</span><span class="bar"><span></span></span><span class="rig-val">–</span>`;
-  ui.rig.append(row);
-  bars.set(name, { fill: row.querySelector(".bar > span"), value: row.querySelector(".rig-val") });
+// Rig and emotion bars: redrawn at most once per animation frame.
+function barRows(parent, names) {
+  const rows = new Map();
+  for (const name of names) {
+    const row = document.createElement("div");
+    row.className = "rig-row";
+    row.innerHTML = `<span class="rig-name">${name}</span><span class="bar"><span></span></span><span class="rig-val">–</span>`;
+    parent.append(row);
+    rows.set(name, { fill: row.querySelector(".bar > span"), value: row.querySelector(".rig-val") });
+  }
+  return rows;
 }
+function setBar({ fill, value }, v) {
+  if (v == null || Number.isNaN(v)) {
+    fill.style.width = "0";
+    value.textContent = "–";
+    return;
+  }
+  const x = Math.min(1, Math.max(0, v));
+  fill.style.width = `${(100 * x).toFixed(1)}%`;
+  value.textContent = x.toFixed(2);
+}
+const bars = barRows(ui.rig, RIG_BARS);
+const emotionBars = barRows(ui.emotionBars, EMOTIONS);
 const head = document.createElement("div");
 head.className = "rig-head muted";
 ui.rig.append(head);
@@ -265,11 +293,12 @@ function scheduleRig() {
     rigPending = false;
     const msg = live.lastRig;
     const rig = msg?.rig ?? {};
-    for (const [name, { fill, value }] of bars) {
-      const v = Math.min(1, Math.max(0, rig[name] ?? 0));
-      fill.style.width = `${(100 * v).toFixed(1)}%`;
-      value.textContent = v.toFixed(2);
-    }
+    for (const [name, bar] of bars) setBar(bar, rig[name] ?? 0);
+    // The frame's emotion probabilities (absent when the server does not know them).
+    const shown = msg?.emotion ?? null;
+    for (const [name, bar] of emotionBars) setBar(bar, shown ? (shown[name] ?? 0) : null);
+    const top = shown ? EMOTIONS.reduce((a, b) => ((shown[b] ?? 0) > (shown[a] ?? 0) ? b : a)) : null;
+    ui.emotionInfo.textContent = top ? `mostly ${top}` : "";
     head.textContent =
       `yaw ${fmt(rig.headYaw, "°", 1)} · pitch ${fmt(rig.headPitch, "°", 1)} · roll ${fmt(rig.headRoll, "°", 1)}`;
     ui.rigInfo.textContent = msg ? `frame ${msg.frame} · ${fmt(msg.pts, " s", 2)}${msg.speaking ? " · speaking" : ""}` : "";
@@ -292,15 +321,77 @@ ui.avatarForm.addEventListener("submit", (ev) => {
   ev.preventDefault();
   current?.session.send({ type: "avatar", avatar: ui.avatarId.value.trim() || "default" });
 });
-function sendEmotion() {
-  const intensity = Number(ui.intensity.value);
-  ui.intensityValue.textContent = intensity.toFixed(2);
+// The emotion menu's spec: "auto" (the voice's emotion), "neutral", "NAME:I", or "auto+NAME:I" with
+// "mix with voice" checked (docs/protocol.md, `emotion`).
+function emotionSpec() {
   const name = ui.emotion.value;
+  if (name === "auto" || name === "neutral") return name;
+  const term = `${name}:${Number(ui.intensity.value)}`;
+  return ui.mixAuto.checked ? `auto+${term}` : term;
+}
+function syncEmotionControls() {
+  const operator = ui.emotion.value !== "auto" && ui.emotion.value !== "neutral";
+  ui.intensity.disabled = !operator; // auto and neutral have no intensity here
+  ui.mixAuto.disabled = !operator;
+  ui.intensityValue.textContent = Number(ui.intensity.value).toFixed(2);
+}
+/** Shows a spec from the server ("auto", "happy:0.7", "auto+happy:0.3") in the menu: its first
+ * operator emotion, with "mix with voice" when it has auto; a spec the menu cannot show exactly
+ * (auto:0.5, blends) shows its nearest. */
+function showEmotionSpec(spec) {
+  const terms = String(spec ?? "neutral").split("+").map((t) => t.trim().split(":"));
+  const auto = terms.some(([name]) => name === "auto");
+  const known = (name) => [...ui.emotion.options].some((o) => o.value === name);
+  const operator = terms.find(([name]) => name !== "auto" && name !== "neutral" && known(name));
+  if (operator) {
+    ui.emotion.value = operator[0];
+    ui.intensity.value = operator[1] ?? "1";
+    ui.mixAuto.checked = auto;
+  } else {
+    ui.emotion.value = auto ? "auto" : "neutral";
+  }
+  syncEmotionControls();
+}
+function sendEmotion() {
+  emotionPicked = true;
+  syncEmotionControls();
   // Sent before the offer too: the server keeps it for the session's engine.
-  current?.session.send({ type: "emotion", emotion: name === "neutral" ? "neutral" : `${name}:${intensity}` });
+  current?.session.send({ type: "emotion", emotion: emotionSpec() });
 }
 ui.emotion.addEventListener("change", sendEmotion);
 ui.intensity.addEventListener("input", sendEmotion);
+ui.mixAuto.addEventListener("change", sendEmotion);
+
+function readBase64(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result).slice(String(reader.result).indexOf(",") + 1));
+    reader.onerror = () => reject(reader.error ?? new Error("could not read the file"));
+    reader.readAsDataURL(file); // "data:video/webm;base64,...": the part after the comma is sent
+  });
+}
+// A reference clip: its emotion (read by the server) becomes the avatar's; the answer is an `emotion`
+// message with source "reference", or an error shown like any other.
+ui.reference.addEventListener("change", async () => {
+  const file = ui.reference.files?.[0];
+  ui.reference.value = ""; // choosing the same file again is a new upload
+  if (!file || !current) return;
+  const max = live.hello?.reference_max_bytes ?? REFERENCE_MAX_BYTES;
+  const mib = (n) => (n / (1024 * 1024)).toFixed(1);
+  if (file.size > max) {
+    showMessage(`The clip is ${mib(file.size)} MiB; the server takes clips up to ${mib(max)} MiB.`);
+    return;
+  }
+  let data;
+  try {
+    data = await readBase64(file);
+  } catch (err) {
+    showMessage(`Could not read ${file.name}: ${err.message}`);
+    return;
+  }
+  current?.session.send({ type: "emotion_ref", data });
+  showMessage(`Reading the emotion of ${file.name}…`, "info");
+});
 ui.unmute.addEventListener("click", () => {
   ui.video.muted = false;
   ui.unmute.hidden = true;
@@ -308,3 +399,4 @@ ui.unmute.addEventListener("click", () => {
 });
 window.addEventListener("pagehide", () => teardown("idle"));
 setState("idle");
+syncEmotionControls();

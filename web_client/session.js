@@ -1,4 +1,4 @@
-// One avatar session: the signaling WebSocket and the RTCPeerConnection (docs/protocol.md, version 1).
+// One avatar session: the signaling WebSocket and the RTCPeerConnection (docs/protocol.md, version 2).
 //
 // Events (CustomEvent, payload in `detail`): "hello", "stats", "cleared", "avatar", "emotion", "servererror"
 // (the server's `error` messages: shown, never thrown), "rtt" (ms, from ping/pong), "rig" (one data

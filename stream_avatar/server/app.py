@@ -33,9 +33,10 @@ logger = logging.getLogger(__name__)
 WEB_CLIENT_DIR = Path(__file__).resolve().parents[2] / "web_client"
 WS_PATH = "/ws"
 STATIC_SUFFIXES = {".html", ".js", ".mjs", ".css", ".png", ".svg", ".ico", ".json", ".webmanifest"}
-# WebSocket frames beyond this are refused by websockets itself (connection closed with 1009); below it
-# and above protocol.MAX_MESSAGE_BYTES the session answers `too_large` and carries on.
-WS_MAX_SIZE = 1 << 20
+# WebSocket messages beyond this are refused by websockets itself (connection closed with 1009); below
+# it and above protocol.MAX_MESSAGE_BYTES (protocol.MAX_REFERENCE_MESSAGE_BYTES for `emotion_ref`, the
+# only big message: a base64 face clip) the session answers `too_large` and carries on.
+WS_MAX_SIZE = protocol.MAX_REFERENCE_MESSAGE_BYTES + (1 << 20)
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ class AvatarServer:
             self.settings.port,
             process_request=self._process_request,
             max_size=WS_MAX_SIZE,
-            max_queue=16,
+            max_queue=4,  # messages up to ~12 MiB (reference clips): at most ~48 MiB per connection
         )
 
     @property

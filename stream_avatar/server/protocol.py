@@ -6,16 +6,24 @@ it back as ``{"type": "error", ...}`` and carries on.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_SDP_CHARS = 60 * 1024
 AVATAR_ID = re.compile(r"^(default|[0-9a-f]{16})$")
+# ``emotion_ref``: a short face clip, at most this many bytes once decoded (a few seconds of 720p WebM
+# or MP4 from a phone or MediaRecorder is 1-4 MiB). Its base64 text is 4/3 of that, and only this
+# message type may exceed MAX_MESSAGE_BYTES (up to MAX_REFERENCE_MESSAGE_BYTES).
+MAX_REFERENCE_BYTES = 8 * 1024 * 1024
+MAX_REFERENCE_BASE64_CHARS = 4 * -(-MAX_REFERENCE_BYTES // 3)
+MAX_REFERENCE_MESSAGE_BYTES = MAX_REFERENCE_BASE64_CHARS + 1024
 
-CLIENT_TYPES = ("offer", "clear", "avatar", "emotion", "ping")
+CLIENT_TYPES = ("offer", "clear", "avatar", "emotion", "emotion_ref", "ping")
 
 
 class ProtocolError(ValueError):
@@ -32,15 +40,23 @@ def error_message(code: str, message: str) -> dict[str, Any]:
 
 def parse(raw: str | bytes) -> dict[str, Any]:
     """One WebSocket message -> a validated dict with a known ``type``; ProtocolError otherwise."""
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise ProtocolError("too_large", f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    big = len(raw) > MAX_MESSAGE_BYTES  # allowed for emotion_ref only, checked once the type is known
+    too_large = ProtocolError("too_large", f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    if len(raw) > MAX_REFERENCE_MESSAGE_BYTES:
+        raise too_large
     try:
         msg = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        if big:
+            raise too_large from None
         raise ProtocolError("bad_json", f"not JSON: {exc.msg if hasattr(exc, 'msg') else exc}") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        if big:
+            raise too_large
         raise ProtocolError("bad_message", 'a message must be a JSON object with a string "type"')
     kind = msg["type"]
+    if big and kind != "emotion_ref":
+        raise too_large
     if kind not in CLIENT_TYPES:
         raise ProtocolError(
             "unknown_type", f"unknown message type {kind[:40]!r} (known: {', '.join(CLIENT_TYPES)})"
@@ -55,6 +71,12 @@ def parse(raw: str | bytes) -> dict[str, Any]:
             raise ProtocolError("bad_field", '"avatar" needs "avatar": an enrolled avatar id or "default"')
     elif kind == "emotion":
         msg["weights"] = _emotion_weights(msg)
+    elif kind == "emotion_ref":
+        data = msg.get("data")
+        if not isinstance(data, str) or not data:
+            raise ProtocolError("bad_field", '"emotion_ref" needs "data": the clip (MP4 or WebM) as base64')
+        if len(data) > MAX_REFERENCE_BASE64_CHARS:
+            raise _reference_too_large(len(data) * 3 // 4)
     elif kind == "ping":
         t = msg.get("t")
         if isinstance(t, bool) or not isinstance(t, (int, float)):
@@ -62,9 +84,31 @@ def parse(raw: str | bytes) -> dict[str, Any]:
     return msg
 
 
+def decode_reference(data: str) -> tuple[bytes, str]:
+    """``emotion_ref``'s base64 text -> (clip bytes, file suffix ".mp4" or ".webm"); ProtocolError for
+    malformed base64 (``bad_field``), an oversized clip (``too_large``) or neither container
+    (``bad_reference``). ~35 ms for 8 MiB: call it off the event loop."""
+    try:
+        clip = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("bad_field", '"emotion_ref": "data" is not valid base64') from None
+    if len(clip) > MAX_REFERENCE_BYTES:
+        raise _reference_too_large(len(clip))
+    if clip[4:8] == b"ftyp":  # ISO BMFF (MP4, MOV, 3GP): the first box is the file type box
+        return clip, ".mp4"
+    if clip[:4] == b"\x1a\x45\xdf\xa3":  # EBML header: Matroska / WebM (what MediaRecorder writes)
+        return clip, ".webm"
+    raise ProtocolError("bad_reference", "the reference clip is neither an MP4 nor a WebM file")
+
+
+def _reference_too_large(size: int) -> ProtocolError:
+    limit = f"{MAX_REFERENCE_BYTES // (1024 * 1024)} MiB ({MAX_REFERENCE_BYTES} bytes)"
+    return ProtocolError("too_large", f"reference clip of {size} bytes exceeds the limit of {limit}")
+
+
 def _emotion_weights(msg: dict[str, Any]) -> dict[str, float]:
-    """``emotion``: a spec string ("happy:0.7", "happy:0.5+surprised:0.3") or ``weights``: an object
-    {name: intensity}; exactly one of them."""
+    """``emotion``: a spec string ("happy:0.7", "happy:0.5+surprised:0.3", "auto", "auto+happy:0.3") or
+    ``weights``: an object {name: intensity} ({"auto": 1, "happy": 0.3}); exactly one of them."""
     from stream_avatar.emotion.facs import EmotionError, parse, validate
 
     spec, weights = msg.get("emotion"), msg.get("weights")
@@ -77,5 +121,6 @@ def _emotion_weights(msg: dict[str, Any]) -> dict[str, float]:
         raise ProtocolError("bad_field", f'"emotion": {exc}') from None
     raise ProtocolError(
         "bad_field",
-        '"emotion" needs either "emotion": "NAME[:INTENSITY]" (terms joined by +) or "weights": {name: 0..1}',
+        '"emotion" needs either "emotion": "NAME[:INTENSITY]" (terms joined by +, NAME may be auto) or'
+        ' "weights": {name: 0..1}',
     )

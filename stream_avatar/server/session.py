@@ -3,16 +3,22 @@
 Lifecycle: created when the WebSocket opens (``hello`` sent), negotiated by one ``offer``, closed when
 the WebSocket closes, the peer connection fails, or the server shuts down. ``close()`` is idempotent
 and leaves no task, thread or track running (tested).
+
+A reference clip (``emotion_ref``) is analysed by a background task, one at a time per session, so
+the WebSocket loop keeps handling ``clear`` and the rest meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import math
+import os
 import secrets
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -48,14 +54,15 @@ class SessionSettings:
     latency_budget_ms: frames may wait this long for their tick before the oldest is dropped.
     audio_jitter_prefetch: 0 = release each mic packet on arrival (``LowDelayAudioJitterBuffer``);
     N >= 1 = aiortc's buffer holding N 20 ms packets (aiortc's own default: 4).
-    emotion: the engines' starting emotion spec (what the engine factory builds them with).
+    emotion: the engines' starting emotion spec (what the engine factory builds them with); ``auto``:
+      the emotion inferred from the voice.
     """
 
     fps: int = 25
     size: int = 512
     latency_budget_ms: int = 80
     audio_jitter_prefetch: int = 0
-    emotion: str = "neutral"
+    emotion: str = "auto"
 
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -98,6 +105,7 @@ class Session:
         self._answered_at: float | None = None
         self._connected = asyncio.Event()  # the peer connection reached "connected": media may flow
         self._emotion = emotion_mod.parse(settings.emotion)
+        self._reference: asyncio.Task[Any] | None = None  # the clip being analysed (at most one)
         self.on_closed: Callable[[Session], None] | None = None
 
     # ---------------------------------------------------------------------------- plumbing
@@ -139,6 +147,7 @@ class Session:
                 "avatar": self.avatar_id,
                 "latency_budget_ms": self.settings.latency_budget_ms,
                 "emotion": emotion_mod.format_spec(self._emotion),
+                "reference_max_bytes": protocol.MAX_REFERENCE_BYTES,
             }
         )
 
@@ -147,7 +156,10 @@ class Session:
     async def handle(self, raw: str | bytes) -> None:
         """Act on one client message; every problem becomes an ``error`` message, never an exception."""
         try:
-            msg = protocol.parse(raw)
+            if len(raw) > protocol.MAX_MESSAGE_BYTES:  # an emotion_ref clip: ~10 ms of JSON, off the loop
+                msg = await asyncio.to_thread(protocol.parse, raw)
+            else:
+                msg = protocol.parse(raw)
             kind = msg["type"]
             if kind == "offer":
                 await self._on_offer(msg["sdp"])
@@ -157,6 +169,8 @@ class Session:
                 await self._on_avatar(msg["avatar"])
             elif kind == "emotion":
                 await self._on_emotion(msg["weights"])
+            elif kind == "emotion_ref":
+                self._on_emotion_ref(msg["data"])
             elif kind == "ping":
                 await self.send({"type": "pong", "t": msg["t"]})
         except protocol.ProtocolError as exc:
@@ -233,11 +247,44 @@ class Session:
             self._frames_since_clear = 0
         await self.send({"type": "cleared", "dropped_s": round(dropped, 3)})
 
-    async def _on_emotion(self, weights: dict[str, float]) -> None:
+    async def _on_emotion(self, weights: dict[str, float], source: str | None = None) -> None:
         self._emotion = weights
         if self.engine is not None:
             self.engine.set_emotion(weights)
-        await self.send({"type": "emotion", "emotion": emotion_mod.format_spec(weights), "weights": weights})
+        reply: dict[str, Any] = {
+            "type": "emotion",
+            "emotion": emotion_mod.format_spec(weights),
+            "weights": weights,
+        }
+        if source is not None:
+            reply["source"] = source
+        await self.send(reply)
+
+    def _on_emotion_ref(self, data: str) -> None:
+        if self._reference is not None and not self._reference.done():
+            raise protocol.ProtocolError(
+                "reference_busy", "a reference clip is still being analysed; send the next after its reply"
+            )
+        self._reference = self._spawn(self._apply_reference(data), "reference")
+
+    async def _apply_reference(self, data: str) -> None:
+        """Decode and analyse the clip in a worker thread, then make its emotion the session's. Every
+        failure becomes an ``error`` reply; the session and its emotion stay as they were."""
+        try:
+            weights = await asyncio.to_thread(reference_emotion, data)
+        except protocol.ProtocolError as exc:
+            await self.send(protocol.error_message(exc.code, str(exc)))
+            return
+        except Exception:  # a bug in the clip analysis must not end the session
+            logger.exception("reference clip analysis failed", extra={"session": self.id})
+            await self.send(
+                protocol.error_message("reference_failed", "the server could not analyse the reference clip")
+            )
+            return
+        logger.info(
+            "reference emotion", extra={"session": self.id, "emotion": emotion_mod.format_spec(weights)}
+        )
+        await self._on_emotion(weights, source="reference")
 
     async def _on_avatar(self, avatar: str) -> None:
         try:
@@ -299,13 +346,15 @@ class Session:
         shown = item if item is not None else (self.playout._last_item if self.playout else None)
         if shown is None:
             return
-        message = {
+        message: dict[str, Any] = {
             "pts": round(pts_s, 4),
             "frame": k,
             "speaking": bool(shown.speaking),
             "late": item is None,
             "rig": rig_mod.to_dict(shown.rig),
         }
+        if shown.emotion is not None:
+            message["emotion"] = {name: round(float(p), 3) for name, p in shown.emotion.items()}
         with contextlib.suppress(Exception):  # the channel may close between the check and the send
             channel.send(json.dumps(message, separators=(",", ":")))
 
@@ -392,6 +441,36 @@ class Session:
     @property
     def closed(self) -> bool:
         return self._closed.is_set()
+
+
+def reference_emotion(data: str) -> dict[str, float]:
+    """``emotion_ref``'s base64 clip -> the emotion weights read from it (blocking: a worker thread).
+
+    The clip goes to a private temp file (``mkstemp``: mode 0600, a name of our making; nothing of the
+    client's reaches a path), removed before returning. ProtocolError for a bad clip.
+    """
+    clip, suffix = protocol.decode_reference(data)
+    # Looked up at call time, through sys.modules: the analysis loads its models on first use only.
+    reference = importlib.import_module("stream_avatar.emotion.reference")
+    fd, path = tempfile.mkstemp(prefix="stream_avatar-ref-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(clip)
+        del clip
+        try:
+            weights = reference.clip_emotion(path)
+        except reference.ReferenceError as exc:
+            # The message names the temp file; the client knows it as "the clip" (and needs no paths).
+            text = str(exc).replace(path, "clip").replace(os.path.basename(path), "clip")
+            text = text if text.startswith("clip") else f"clip: {text}"
+            raise protocol.ProtocolError("bad_reference", f"reference {text}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    try:
+        return emotion_mod.validate(weights)
+    except emotion_mod.EmotionError as exc:  # clip_emotion returns validated weights; say so if not
+        raise RuntimeError(f"clip_emotion returned invalid weights: {exc}") from None
 
 
 def _finite(value: Any) -> float | None:

@@ -79,7 +79,7 @@ class Idle(Protocol):
 
 
 class Emotion(Protocol):
-    """The operator's expression layer (``stream_avatar.emotion.facs.EmotionLayer``)."""
+    """The stream's expression layer (``stream_avatar.emotion.facs.EmotionLayer``)."""
 
     @property
     def weights(self) -> dict[str, float]: ...
@@ -87,6 +87,14 @@ class Emotion(Protocol):
     def set(self, weights: Mapping[str, float]) -> None: ...
 
     def apply(self, rig: np.ndarray) -> np.ndarray: ...
+
+
+class EmotionEstimator(Protocol):
+    """The voice's emotion, causally (``stream_avatar.emotion.inference.EmotionStream``): ``push``
+    16 kHz samples → the estimate in force at each completed frame (``probs`` over EMOTIONS,
+    ``weights()`` for the FACS layer, ``motion_vector()`` for the driver)."""
+
+    def push(self, samples: np.ndarray) -> Sequence[Any]: ...
 
 
 class Renderer(Protocol):
@@ -159,6 +167,7 @@ class _Computed:
     audio: np.ndarray
     rig: np.ndarray
     speaking: bool
+    emotion: dict[str, float] | None = None
 
 
 def validate_pcm(pcm: Any, sample_rate_hz: Any) -> tuple[np.ndarray, int]:
@@ -223,8 +232,11 @@ class AvatarEngine:
     combine: ``(driver_rig, idle_rig) -> rig``; default clamp(driver + idle).
     warn_when_behind: log a warning (at most every 5 s) when compute is slower than real time.
       Off for offline rendering, where that is expected.
-    emotion: the operator's emotion layer (``stream_avatar.emotion.facs.EmotionLayer``), blended into
-      every frame's rig after driver + idle; None: a neutral one. ``set_emotion`` changes it.
+    emotion: the stream's emotion layer (``stream_avatar.emotion.facs.EmotionLayer``), blended into
+      every frame's rig after driver + idle; None: a neutral one. ``set_emotion`` changes its spec.
+    emotion_estimator: infers the emotion from the voice (``EmotionStream``), used while the spec has
+      ``auto``: its estimate feeds the emotion layer and the driver's emotion input (``set_emotion``
+      of drivers that have one). None: ``auto`` shows neutral.
     packet_lead: live input in packets (WebRTC): start each resampled stream with 2 ms of silence so
       a frame completes with the packet carrying its last sample (saves up to one packet of latency;
       audio and video shift together, so sync is unchanged). Off by default: exact sample alignment.
@@ -245,6 +257,7 @@ class AvatarEngine:
         warn_when_behind: bool = True,
         packet_lead: bool = False,
         emotion: Emotion | None = None,
+        emotion_estimator: EmotionEstimator | None = None,
     ) -> None:
         if not 1 <= fps <= 60 or SAMPLE_RATE_HZ % fps:
             raise ValueError(f"fps must divide {SAMPLE_RATE_HZ} and lie in 1..60, got {fps}")
@@ -270,6 +283,7 @@ class AvatarEngine:
 
             emotion = EmotionLayer(fps)  # neutral: leaves every rig as it is
         self._emotion: Emotion = emotion
+        self._estimator = emotion_estimator
 
         # Shared state, guarded by _lock. _cond wakes the worker (input, clear, close, output room).
         self._lock = threading.Lock()
@@ -303,6 +317,7 @@ class AvatarEngine:
         self._rs_rate: int | None = None
         self._pending16k = np.zeros(0, np.float32)
         self._blocks: deque[np.ndarray] = deque()  # audio blocks waiting for their motion frame
+        self._block_emotion: deque[Any] = deque()  # the voice's emotion estimate at each block
         self._index = 0
 
         # Loop-side state.
@@ -620,6 +635,7 @@ class AvatarEngine:
         self._rs_rate = None
         self._pending16k = np.zeros(0, np.float32)
         self._blocks.clear()
+        self._block_emotion.clear()
 
     def _to_16k(self, chunks: list[tuple[np.ndarray, int]], flush: bool) -> np.ndarray:
         """Resample chunks to 16 kHz; one resampler per input rate, rebuilt when the rate changes."""
@@ -660,7 +676,9 @@ class AvatarEngine:
         # Drivers get whole frames only; a driver with lookahead may return fewer frames than blocks
         # for now, so audio blocks wait in a FIFO for their motion frame.
         self._blocks.extend(np.array(b, np.float32) for b in blocks)
-        motion = list(self._driver.push(blocks.reshape(-1))) if n else []
+        if self._estimator is not None and n:
+            self._block_emotion.extend(self._estimator.push(blocks.reshape(-1)))
+        motion = self._push_driver(blocks.reshape(-1)) if n else []
         if ending:
             flush = getattr(self._driver, "flush", None)
             if callable(flush):
@@ -674,7 +692,12 @@ class AvatarEngine:
         rigs = np.stack(
             [self._combine(np.asarray(m.rig, np.float32), self._idle.next(bool(m.speaking))) for m in motion]
         ).astype(np.float32)
-        rigs = np.stack([self._emotion.apply(r) for r in rigs]).astype(np.float32)
+        emotions: list[dict[str, float] | None] = []
+        applied = []
+        for r in rigs:
+            emotions.append(self._frame_emotion())
+            applied.append(self._emotion.apply(r))
+        rigs = np.stack(applied).astype(np.float32)
         t_motion = time.perf_counter() - t0
         out: list[_Computed] = []
         for b0 in range(0, len(motion), self._max_batch):
@@ -695,10 +718,63 @@ class AvatarEngine:
                 self._frames_computed += len(batch)
             for i, row in enumerate(batch):
                 m = motion[b0 + i]
-                out.append(_Computed(self._index, frames[i], self._blocks.popleft(), row, bool(m.speaking)))
+                out.append(
+                    _Computed(
+                        self._index,
+                        frames[i],
+                        self._blocks.popleft(),
+                        row,
+                        bool(m.speaking),
+                        emotions[b0 + i],
+                    )
+                )
                 self._index += 1
         self._maybe_warn_behind()
         return out
+
+    def _push_driver(self, samples: np.ndarray) -> list[Any]:
+        """Driver step; first the driver's emotion input follows the stream's emotion (drivers that
+        take one): the operator's emotions plus the voice's, weighted as the spec says."""
+        set_vector = getattr(self._driver, "set_emotion", None)
+        if callable(set_vector):
+            set_vector(self._emotion_vector())
+        return list(self._driver.push(samples))
+
+    def _emotion_vector(self) -> np.ndarray:
+        from stream_avatar.emotion import facs
+
+        w_auto, operator = facs.split(self._emotion.weights)
+        v = np.zeros(len(facs.EMOTIONS), np.float32)
+        for name, value in operator.items():
+            v[facs.EMOTIONS.index(name)] += value
+        if w_auto > 0 and self._estimator is not None and self._block_emotion:
+            v += w_auto * np.asarray(self._block_emotion[-1].motion_vector(), np.float32)
+        v[0] = 0.0
+        return np.clip(v, 0.0, 1.0)
+
+    def _frame_emotion(self) -> dict[str, float] | None:
+        """The next frame's emotion: feeds the voice's estimate for it to the layer (while ``auto``)
+        and returns the probabilities shown: w·voice + operator intensities + the rest neutral."""
+        from stream_avatar.emotion import facs
+
+        est = self._block_emotion.popleft() if self._block_emotion else None
+        w_auto, operator = facs.split(self._emotion.weights)
+        set_inferred = getattr(self._emotion, "set_inferred", None)
+        if est is not None and w_auto > 0 and callable(set_inferred):
+            set_inferred(est.weights())
+        p = np.zeros(len(facs.EMOTIONS), np.float64)
+        for name, value in operator.items():
+            p[facs.EMOTIONS.index(name)] += value
+        total = p.sum()
+        if total > 1.0:
+            p /= total
+        rest = 1.0 - p.sum()
+        if w_auto > 0 and est is not None:
+            voice = min(1.0, w_auto / rest) if rest > 0 else 0.0  # split: w_auto <= rest
+            p += rest * voice * np.asarray(est.probs, np.float64)
+            rest *= 1.0 - voice
+        p[0] += rest
+        return {name: round(float(x), 4) for name, x in zip(facs.EMOTIONS, p, strict=True)}
 
     def _deliver(self, computed: list[_Computed], epoch: int) -> None:
         """Hand frames to the consumer, waiting for room; drop them if clear() or aclose() intervened."""
@@ -718,6 +794,7 @@ class AvatarEngine:
                         audio=c.audio,
                         rig=c.rig,
                         speaking=c.speaking,
+                        emotion=c.emotion,
                     )
                 )
                 self._next_pts += 1
@@ -809,16 +886,21 @@ def build_engine(
     device: str = "auto",
     seed: int = 0,
     emotion: Mapping[str, float] | None = None,
+    infer_emotion: bool = True,
     **engine_kwargs: Any,
 ) -> AvatarEngine:
     """An engine with the real pieces for one avatar (``stream_avatar.avatar.store.Avatar``).
 
     Renderer: RendererWrapper(avatar.tensors, device); driver by name; IdleLife(fps, seed); an
-    EmotionLayer starting at ``emotion`` (weights from ``emotion.parse``; None: neutral).
-    Extra keyword arguments go to AvatarEngine (max_output_frames, max_batch, warn_when_behind).
+    EmotionLayer starting at ``emotion`` (weights from ``emotion.parse``, ``auto`` included; None:
+    neutral); the shipped emotion model for ``auto`` (``infer_emotion``; 25 fps only, the rate it
+    was trained at). Extra keyword arguments go to AvatarEngine (max_output_frames, max_batch,
+    warn_when_behind).
     """
     from stream_avatar.emotion.facs import EmotionLayer
     from stream_avatar.motion.idle import IdleLife, combine
+
+    estimator = make_emotion_estimator(fps) if infer_emotion else None
 
     return AvatarEngine(
         build_renderer(avatar, device),
@@ -828,5 +910,29 @@ def build_engine(
         max_buffer_s=max_buffer_s,
         combine=combine,
         emotion=EmotionLayer(fps, emotion),
+        emotion_estimator=estimator,
         **engine_kwargs,
     )
+
+
+_EMOTION_MODEL: Any = None
+
+
+def make_emotion_estimator(fps: int = 25) -> Any:
+    """An ``EmotionStream`` over the shipped emotion model (loaded once per process and shared: the
+    weights are read-only, each stream keeps its own window). None, with a warning, when the model
+    is missing or ``fps`` is not the model's 25."""
+    global _EMOTION_MODEL
+    from stream_avatar.emotion.inference import EmotionModel, EmotionStream, MissingModelError
+
+    if fps != 25:
+        logger.warning("voice emotion needs 25 fps; auto shows neutral", extra={"fps": fps})
+        return None
+    with _MODEL_LOCK:
+        if _EMOTION_MODEL is None:
+            try:
+                _EMOTION_MODEL = EmotionModel.load()
+            except MissingModelError as exc:
+                logger.warning("no emotion model; auto shows neutral", extra={"reason": str(exc)})
+                return None
+    return EmotionStream(_EMOTION_MODEL)

@@ -1,0 +1,143 @@
+"""Per-frame audio tokens for the emotion embedder: what a 40 ms frame says about *how* it is spoken.
+
+One token per video frame (25 fps), computed causally from that frame's audio and the stream so far:
+
+- the spectral envelope: the 80 log-mel bands of the frame's four 10 ms rows, level-normalised by the
+  motion driver's causal peak tracker (``LevelNormalizer``: no dependence on absolute level), pooled
+  into 20 bands and averaged over the rows;
+- loudness: the rows' mean normalised log energy and its range inside the frame (attack, effort);
+- pitch: log2 of f0 re 150 Hz and a voicing strength from a normalised autocorrelation over the last
+  60 ms (50–400 Hz), 0 / 0 when unvoiced. Emotion is carried by pitch level, range and movement; the
+  embedder sees them as a 2 s sequence and the speaker classifier behind gradient reversal keeps the
+  speaker's own pitch out of the embedding.
+
+The autocorrelation pitch is written here because the maintained trackers (pyin, crepe) are offline or
+too slow for a per-frame causal call and would add a dependency for ~30 lines of numpy.
+``FrameTokens`` is the streaming form; ``clip_tokens`` runs the same code on a whole clip.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stream_avatar.audio.features import HOP, N_MELS, SAMPLE_RATE_HZ, FeatureStream, extract_features
+from stream_avatar.audio.io import pcm_to_float32
+from stream_avatar.motion.learned import LevelNormalizer
+
+FPS = 25
+SAMPLES_PER_FRAME = SAMPLE_RATE_HZ // FPS
+ROWS_PER_FRAME = SAMPLES_PER_FRAME // HOP
+BANDS = 20
+TOKEN_DIM = BANDS + 4  # bands, energy mean, energy range, log2 f0 re 150 Hz, voicing
+_PITCH_WIN = 960  # 60 ms: two periods of 33 Hz ... plenty for 50 Hz
+_LAG_MIN, _LAG_MAX = SAMPLE_RATE_HZ // 400, SAMPLE_RATE_HZ // 50
+_VOICED = 0.45  # normalised autocorrelation peak above which a frame counts as voiced
+_NFFT = 2048
+
+
+def _pitch(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, _PITCH_WIN) → (log2 f0 / 150 Hz, voicing) per window; zeros where unvoiced or silent."""
+    x = windows - windows.mean(axis=1, keepdims=True)
+    x = x * np.hanning(_PITCH_WIN)[None, :]
+    spec = np.fft.rfft(x, _NFFT, axis=1)
+    ac = np.fft.irfft(np.abs(spec) ** 2, _NFFT, axis=1)[:, : _LAG_MAX + 2]
+    # Divide by the window's own autocorrelation so the peak height does not fall with the lag.
+    w = np.hanning(_PITCH_WIN)
+    wac = np.fft.irfft(np.abs(np.fft.rfft(w, _NFFT)) ** 2, _NFFT)[: _LAG_MAX + 2]
+    energy = ac[:, :1]
+    norm = ac / np.maximum(energy, 1e-9) / np.maximum(wac / wac[0], 1e-3)[None, :]
+    seg = norm[:, _LAG_MIN : _LAG_MAX + 1]
+    # The shortest lag whose local peak comes within 85 % of the highest: multiples of the period
+    # (sub-octaves) peak as high, the period itself comes first.
+    top = seg.max(axis=1, keepdims=True)
+    local = np.zeros_like(seg, dtype=bool)
+    local[:, 1:-1] = (seg[:, 1:-1] >= seg[:, :-2]) & (seg[:, 1:-1] >= seg[:, 2:])
+    best = np.argmax(local & (seg >= 0.85 * top), axis=1)
+    peak = seg[np.arange(seg.shape[0]), best]
+    lag = (best + _LAG_MIN).astype(np.float64)
+    # Parabolic refinement of the peak (sub-sample lag).
+    i = best + _LAG_MIN
+    inner = (i > _LAG_MIN) & (i < _LAG_MAX)
+    ii = np.clip(i, 1, _LAG_MAX)
+    a, b, c = norm[np.arange(len(ii)), ii - 1], norm[np.arange(len(ii)), ii], norm[np.arange(len(ii)), ii + 1]
+    den = a - 2 * b + c
+    shift = np.where(inner & (np.abs(den) > 1e-9), 0.5 * (a - c) / np.where(den == 0, 1, den), 0.0)
+    lag = lag + np.clip(shift, -0.5, 0.5)
+    voiced = (peak > _VOICED) & (energy[:, 0] > 1e-7)
+    f0 = SAMPLE_RATE_HZ / lag
+    logf0 = np.where(voiced, np.log2(f0 / 150.0), 0.0)
+    voicing = np.where(voiced, np.clip(peak, 0.0, 1.0), 0.0)
+    return logf0.astype(np.float32), voicing.astype(np.float32)
+
+
+def _tokens(norm_rows: np.ndarray, audio_tail: np.ndarray) -> np.ndarray:
+    """(n * ROWS_PER_FRAME, N_FEATURES) normalised rows + (n, _PITCH_WIN) windows → (n, TOKEN_DIM)."""
+    n = audio_tail.shape[0]
+    rows = norm_rows.reshape(n, ROWS_PER_FRAME, -1)
+    mel = rows[:, :, :N_MELS].reshape(n, ROWS_PER_FRAME, BANDS, N_MELS // BANDS).mean(axis=(1, 3))
+    energy = rows[:, :, N_MELS]
+    logf0, voicing = _pitch(audio_tail.astype(np.float64))
+    out = np.empty((n, TOKEN_DIM), np.float32)
+    out[:, :BANDS] = mel / 10.0
+    out[:, BANDS] = energy.mean(axis=1) / 10.0
+    out[:, BANDS + 1] = (energy.max(axis=1) - energy.min(axis=1)) / 10.0
+    out[:, BANDS + 2] = logf0
+    out[:, BANDS + 3] = voicing
+    return out
+
+
+class FrameTokens:
+    """Streaming: 16 kHz audio in any chunks → one token per completed 40 ms frame."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._features = FeatureStream()
+        self._norm = LevelNormalizer()
+        self._rows = np.zeros((0, N_MELS + 1), np.float32)
+        self._audio = np.zeros(_PITCH_WIN, np.float32)  # the last samples (zeros before the start)
+        self._pending = np.zeros(0, np.float32)
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        x = pcm_to_float32(np.asarray(samples).reshape(-1))
+        rows = self._norm.push(self._features.push(x))
+        self._rows = np.concatenate([self._rows, rows]) if self._rows.size else rows
+        self._pending = np.concatenate([self._pending, x])
+        n = min(self._rows.shape[0] // ROWS_PER_FRAME, self._pending.size // SAMPLES_PER_FRAME)
+        if n == 0:
+            return np.zeros((0, TOKEN_DIM), np.float32)
+        audio = np.concatenate([self._audio, self._pending[: n * SAMPLES_PER_FRAME]])
+        ends = _PITCH_WIN + SAMPLES_PER_FRAME * np.arange(1, n + 1)
+        windows = np.stack([audio[e - _PITCH_WIN : e] for e in ends])
+        out = _tokens(self._rows[: n * ROWS_PER_FRAME], windows)
+        self._rows = self._rows[n * ROWS_PER_FRAME :]
+        self._audio = audio[-_PITCH_WIN:]
+        self._pending = self._pending[n * SAMPLES_PER_FRAME :]
+        return out
+
+
+def clip_tokens(audio: np.ndarray) -> np.ndarray:
+    """Offline: a whole 16 kHz clip → (frames, TOKEN_DIM), the tokens ``FrameTokens`` emits for it."""
+    x = pcm_to_float32(np.asarray(audio).reshape(-1))
+    rows = LevelNormalizer().push(extract_features(x))
+    n = min(rows.shape[0] // ROWS_PER_FRAME, x.size // SAMPLES_PER_FRAME)
+    if n == 0:
+        return np.zeros((0, TOKEN_DIM), np.float32)
+    padded = np.concatenate([np.zeros(_PITCH_WIN, np.float32), x])
+    ends = _PITCH_WIN + SAMPLES_PER_FRAME * np.arange(1, n + 1)
+    windows = np.stack([padded[e - _PITCH_WIN : e] for e in ends])
+    return _tokens(rows[: n * ROWS_PER_FRAME], windows)
+
+
+def tokens_from_rows(rows: np.ndarray, audio: np.ndarray) -> np.ndarray:
+    """Tokens from already-extracted feature rows (e.g. a dataset's stored rows) and the clip's audio."""
+    norm = LevelNormalizer().push(np.asarray(rows, np.float32))
+    x = np.asarray(audio, np.float32).reshape(-1)
+    n = min(norm.shape[0] // ROWS_PER_FRAME, x.size // SAMPLES_PER_FRAME)
+    if n == 0:
+        return np.zeros((0, TOKEN_DIM), np.float32)
+    padded = np.concatenate([np.zeros(_PITCH_WIN, np.float32), x])
+    ends = _PITCH_WIN + SAMPLES_PER_FRAME * np.arange(1, n + 1)
+    windows = np.stack([padded[e - _PITCH_WIN : e] for e in ends])
+    return _tokens(norm[: n * ROWS_PER_FRAME], windows)

@@ -1,0 +1,293 @@
+"""The emotion stage: embedder + bank + discriminator (model, streaming, training, engine wiring)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from stream_avatar.emotion import facs
+from stream_avatar.emotion.features import SAMPLES_PER_FRAME, TOKEN_DIM, FrameTokens, clip_tokens
+from stream_avatar.emotion.inference import (
+    CONFIDENT_P,
+    EmotionModel,
+    EmotionStream,
+    Estimate,
+    clip_estimates,
+)
+from stream_avatar.emotion.model import Discriminator, EmotionConfig, EmotionNet
+from stream_avatar.motion import rig
+
+
+def _random_model(seed: int = 0) -> EmotionModel:
+    torch.manual_seed(seed)
+    cfg = EmotionConfig()
+    return EmotionModel(EmotionNet(cfg), Discriminator(cfg))
+
+
+def _voiced(seconds: float, f0: float = 140.0, seed: int = 0) -> np.ndarray:
+    """A buzzy vowel-like signal with syllable-rate loudness and pitch movement (voiced to the tracker)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000
+    pitch = f0 * (1 + 0.1 * np.sin(2 * np.pi * 0.7 * t))
+    phase = 2 * np.pi * np.cumsum(pitch) / 16000
+    x = sum(np.sin(k * phase) / k for k in range(1, 12))
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t) ** 2
+    return (0.2 * x * env + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def test_frame_tokens_stream_equals_whole_clip_and_pitch_is_read() -> None:
+    audio = _voiced(1.5, f0=160.0)
+    whole = clip_tokens(audio)
+    s = FrameTokens()
+    parts = [s.push(audio[i : i + 517]) for i in range(0, audio.size, 517)]
+    streamed = np.concatenate(parts)
+    assert whole.shape == (audio.size // SAMPLES_PER_FRAME, TOKEN_DIM)
+    assert np.abs(whole - streamed[: whole.shape[0]]).max() < 1e-5
+    voiced = whole[:, -1] > 0
+    assert voiced.mean() > 0.8
+    f0 = 150.0 * 2.0 ** np.median(whole[voiced, -2])
+    assert abs(f0 - 160.0) < 10.0, f0
+
+
+def test_streaming_equals_whole_clip_inference() -> None:
+    model = _random_model()
+    audio = np.concatenate([_voiced(3.2, seed=1), np.zeros(8000, np.float32), _voiced(1.0, f0=220, seed=2)])
+    whole = clip_estimates(model, audio)
+    stream = EmotionStream(model)
+    got: list[Estimate] = []
+    for i in range(0, audio.size, 333):
+        got += stream.push(audio[i : i + 333])
+    assert len(got) == len(whole) == audio.size // SAMPLES_PER_FRAME
+    assert stream.updates > 5
+    diff = max(float(np.abs(a.probs - b.probs).max()) for a, b in zip(got, whole, strict=True))
+    diff_mu = max(float(np.abs(a.mu - b.mu).max()) for a, b in zip(got, whole, strict=True))
+    assert diff < 1e-4 and diff_mu < 1e-4, (diff, diff_mu)
+    # Silence says nothing: the first frames (before enough voiced speech) are neutral.
+    assert got[0].label == "neutral" and got[0].intensity == 0.0
+
+
+def test_gradients_flow_through_the_vq_straight_through() -> None:
+    torch.manual_seed(0)
+    cfg = EmotionConfig()
+    net = EmotionNet(cfg)
+    audio = torch.randn(4, cfg.window_frames, cfg.token_dim)
+    mask = torch.ones(4, cfg.window_frames, dtype=torch.bool)
+    rigs = torch.zeros(4, cfg.window_frames, cfg.rig_dim)
+    nomask = torch.zeros_like(mask)
+    mu, _ = net.embedder(audio, mask, rigs, nomask)
+    out = net.bank(mu)
+    # The forward value of the quantised query is the prototype itself ...
+    q_st_minus_proto = out.vector - net.bank.mix(torch.cat([net.bank.prototypes[out.code], out.vector], -1))
+    assert q_st_minus_proto.shape == out.vector.shape
+    # ... and a loss on the bank's emotion vector alone reaches the embedder (straight-through).
+    net.zero_grad()
+    out.vector.pow(2).sum().backward(retain_graph=True)
+    grads = [p.grad for p in net.embedder.head.parameters()]
+    assert all(g is not None and float(g.abs().sum()) > 0 for g in grads)
+    # The commitment loss moves both the prototypes and the query.
+    net.zero_grad()
+    out.commit_loss.backward()
+    assert net.bank.prototypes.grad is not None and float(net.bank.prototypes.grad.abs().sum()) > 0
+    assert net.embedder.head.weight.grad is not None and float(net.embedder.head.weight.grad.abs().sum()) > 0
+
+
+def test_either_modality_alone_works() -> None:
+    model = _random_model()
+    cfg = model.config
+    rigs = np.random.default_rng(0).uniform(0, 0.3, (2, cfg.window_frames, rig.RIG_SIZE)).astype(np.float32)
+    audio = np.random.default_rng(1).normal(0, 0.3, (2, cfg.window_frames, TOKEN_DIM)).astype(np.float32)
+    for a, v in ((audio, None), (None, rigs), (audio, rigs)):
+        est = model.estimate_windows(a, v)
+        assert len(est) == 2 and all(
+            np.isfinite(e.probs).all() and abs(e.probs.sum() - 1) < 1e-5 for e in est
+        )
+
+
+def test_checkpoint_round_trip(tmp_path) -> None:
+    model = _random_model(3)
+    model.save(tmp_path, meta={"note": "test"})
+    again = EmotionModel.load(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["note"] == "test"
+    audio = _voiced(2.5, seed=4)
+    a, b = clip_estimates(model, audio), clip_estimates(again, audio)
+    assert max(float(np.abs(x.probs - y.probs).max()) for x, y in zip(a, b, strict=True)) == 0.0
+    windows = np.zeros((1, 40, rig.RIG_SIZE), np.float32)
+    assert np.array_equal(model.discriminate(windows), again.discriminate(windows))
+
+
+def test_estimate_shows_an_emotion_only_when_confident() -> None:
+    probs = np.full(8, 0.125, np.float32)
+    diffuse = Estimate(probs, 0.8, np.zeros(16), np.zeros(16))
+    assert diffuse.weights() == {} and not diffuse.motion_vector().any()
+    p = np.zeros(8, np.float32)
+    p[facs.EMOTIONS.index("sad")] = CONFIDENT_P + 0.1
+    p[0] = 1 - p.sum()
+    sure = Estimate(p, 0.6, np.zeros(16), np.zeros(16))
+    assert sure.weights() == {"sad": pytest.approx(0.6)}
+    assert sure.motion_vector()[facs.EMOTIONS.index("sad")] == pytest.approx(0.6)
+
+
+def test_training_smoke_and_resume_equals_uninterrupted(tiny_dataset, tmp_path) -> None:
+    from stream_avatar.train.emotion import TrainConfig, train
+
+    small = EmotionConfig(d_model=32, heads=2, audio_layers=1, per_emotion=2, disc_channels=16)
+    cfg = TrainConfig(
+        steps=6, disc_steps=4, batch=8, checkpoint_every=5, eval_every=5, threads=1, response_frames=8
+    )
+    logs: list[str] = []
+    full = train([tiny_dataset], tmp_path / "full", cfg, small, log=logs.append)
+    assert (tmp_path / "full" / "model.safetensors").is_file()
+    # Interrupted after 5 steps (a checkpoint), then resumed to the end.
+    part = TrainConfig(**{**cfg.__dict__, "steps": 1})  # 4 + 1 = 5 steps: stops at the checkpoint
+    train([tiny_dataset], tmp_path / "resumed", part, small, log=logs.append)
+    resumed = train([tiny_dataset], tmp_path / "resumed", cfg, small, log=logs.append)
+    assert any("resumed at step 5" in m for m in logs)
+    for (k, a), (_, b) in zip(full.net.state_dict().items(), resumed.net.state_dict().items(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), k
+
+
+# ----------------------------------------------------------------------------- engine wiring
+
+
+class _FixedEstimator:
+    """Stands in for EmotionStream: a scripted estimate per frame (so the wiring is tested alone)."""
+
+    def __init__(self, label: str, intensity: float = 0.9) -> None:
+        p = np.zeros(8, np.float32)
+        p[facs.EMOTIONS.index(label)] = 0.9
+        p[0] += 0.1
+        self.estimate = Estimate(p, intensity, np.zeros(16), np.zeros(16))
+
+    def push(self, samples: np.ndarray) -> list[Estimate]:
+        return [self.estimate] * (np.asarray(samples).size // SAMPLES_PER_FRAME)
+
+
+async def _engine_rigs(spec: str, estimator) -> list:  # type: ignore[no-untyped-def]
+    from stream_avatar.motion.dsp_driver import DSPMouthDriver
+    from stream_avatar.motion.idle import IdleLife
+    from stream_avatar.session.engine import AvatarEngine
+    from tests.fakes import FakeRenderer
+
+    engine = AvatarEngine(
+        FakeRenderer(8),
+        DSPMouthDriver(),
+        IdleLife(seed=0),
+        emotion=facs.EmotionLayer(25, facs.parse(spec)),
+        emotion_estimator=estimator,
+        warn_when_behind=False,
+    )
+    engine.start()
+    await engine.feed(_voiced(2.0), 16000)
+    engine.end_input()
+    items = [item async for item in engine]
+    await engine.aclose()
+    return items
+
+
+async def test_auto_follows_the_voice_and_operator_only_ignores_it() -> None:
+    smile = rig.index("mouthSmileLeft")
+    frown = rig.index("mouthFrownLeft")
+    happy = await _engine_rigs("auto", _FixedEstimator("happy"))
+    sad = await _engine_rigs("auto", _FixedEstimator("sad"))
+    assert happy[-1].emotion["happy"] == pytest.approx(0.9) and sad[-1].emotion["sad"] == pytest.approx(0.9)
+    assert happy[-1].rig[smile] > sad[-1].rig[smile] + 0.3
+    assert sad[-1].rig[frown] > happy[-1].rig[frown] + 0.3
+    # Operator only: the voice's estimate changes nothing.
+    op_happy_voice = await _engine_rigs("angry:0.7", _FixedEstimator("happy"))
+    op_no_voice = await _engine_rigs("angry:0.7", None)
+    assert op_happy_voice[-1].emotion == {**{n: 0.0 for n in facs.EMOTIONS}, "angry": 0.7, "neutral": 0.3}
+    for a, b in zip(op_happy_voice, op_no_voice, strict=True):
+        assert np.array_equal(a.rig, b.rig)
+    # A mix: the operator's share plus the voice's estimate on the rest.
+    mixed = await _engine_rigs("auto+angry:0.3", _FixedEstimator("happy"))
+    assert mixed[-1].emotion["angry"] == pytest.approx(0.3)
+    assert mixed[-1].emotion["happy"] == pytest.approx(0.7 * 0.9, abs=1e-3)
+
+
+# ------------------------------------------------------------------------ the shipped model
+
+
+@pytest.fixture(scope="module")
+def shipped() -> EmotionModel:
+    return EmotionModel.load()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("emotion", ["happy", "surprised"])
+def test_emotion_ref_on_a_rendered_clip_selects_its_emotion(
+    emotion: str, shipped: EmotionModel, default_avatar, speech_16k, tmp_path
+) -> None:
+    """A clip rendered with emotion X, read back through face mesh → fitter → the visual branch, gives X;
+    the rendered file's rig lines carry the frame's emotion probabilities."""
+    import wave
+
+    from stream_avatar.emotion.reference import clip_emotion
+    from stream_avatar.offline import render_file
+
+    wav = tmp_path / "speech.wav"
+    pcm = np.clip(np.rint(np.asarray(speech_16k[: 16000 * 3]) * 32767), -32768, 32767).astype("<i2")
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm.tobytes())
+    mp4, rig_out = tmp_path / f"{emotion}.mp4", tmp_path / "rig.jsonl"
+    render_file(
+        wav,
+        mp4,
+        avatar=default_avatar(256),
+        size=256,
+        rig_out=rig_out,
+        progress=False,
+        emotion=facs.parse(f"{emotion}:0.8"),
+        device="cpu",
+    )
+    lines = [json.loads(line) for line in rig_out.read_text().splitlines()]
+    assert lines and all(line["emotion"][emotion] == pytest.approx(0.8) for line in lines)
+    weights = clip_emotion(mp4, model=shipped)
+    assert list(weights) == [emotion], weights
+
+
+def test_corpus_clips_train_the_audio_branch(tmp_path) -> None:
+    """A CREMA-D folder (the reader's naming) becomes audio-only clips with the corpus's labels."""
+    import wave
+
+    from stream_avatar.train.emotion import load_corpus_clips
+
+    audio_dir = tmp_path / "AudioWAV"
+    audio_dir.mkdir()
+    for name in ("1001_DFA_ANG_XX", "1002_IEO_SAD_LO", "1002_IEO_NEU_XX"):
+        pcm = np.rint(_voiced(1.2, seed=len(name)) * 32767).astype("<i2")
+        with wave.open(str(audio_dir / f"{name}.wav"), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(16000)
+            w.writeframes(pcm.tobytes())
+    clips = load_corpus_clips([tmp_path])
+    got = sorted((c.speaker, facs.EMOTIONS[c.emotion], c.has_rigs) for c in clips)
+    assert got == [
+        ("crema-d:1001", "angry", False),
+        ("crema-d:1002", "neutral", False),
+        ("crema-d:1002", "sad", False),
+    ]
+    assert all(c.tokens.shape == (30, TOKEN_DIM) for c in clips)
+
+
+def test_eval_report_on_a_tiny_dataset(tiny_dataset, tmp_path) -> None:
+    from stream_avatar.eval.emotion import evaluate_emotion, write_report
+
+    _random_model(5).save(tmp_path / "model")
+    report = evaluate_emotion([tiny_dataset], tmp_path / "model", per_split=6, real=False, log=lambda m: None)
+    for split in ("test_speaker", "test_language"):
+        e = report[split]
+        assert e["utterances"] > 0 and 0.0 <= e["accuracy"] <= 1.0
+        assert sum(map(sum, e["confusion"])) == e["utterances"]
+        assert 0.0 <= e["discriminator_tracks"] <= 1.0
+    sim = np.array(report["prototype_similarity"])
+    assert sim.shape == (8, 8) and np.allclose(np.diag(sim), 1.0, atol=1e-3)
+    files = write_report(report, tmp_path / "out")
+    assert {f.name for f in files} >= {"emotion_eval.json", "emotion_eval.md"}
+    assert "Confusion (test_speaker" in (tmp_path / "out" / "emotion_eval.md").read_text()
