@@ -9,7 +9,7 @@ intensity 1, alone and mid-speech) and writes, under benchmarks/results/:
 - expression.md: cue hold rate per emotion × portrait, the overall share and every failed cue; the
   identity distance per emotion (median and max over portraits) beside the different-person
   distances and dlib's 0.6 threshold; where each portrait comes from;
-- expression.png: a contact sheet, portraits × emotions.
+- expression.jpg: a contact sheet, portraits × emotions.
 
 Portraits (all offline once fetched): the default portrait (Eileen Collins, NASA, broad smile), Grace
 Hopper (matplotlib's sample data, closed mouth, glasses), the default tone-mapped to a deep skin tone
@@ -309,7 +309,7 @@ def contact_sheet(result: dict[str, Any], frames_dir: Path, path: Path) -> None:
                 ax.set_ylabel(name, fontsize=8)
     fig.suptitle("Emotions at intensity 1 (cues held / cues, identity distance to the photo)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90, pil_kwargs={"quality": 85})
     plt.close(fig)
 
 
@@ -337,7 +337,7 @@ def main() -> None:
             p["source"] = Path(p["source"]).name  # no temp paths in the stored results
         (args.out / "expression.json").write_text(json.dumps(result, indent=1) + "\n")
         write_markdown(result, args.out / "expression.md", notes)
-        contact_sheet(result, tmp / "eval", args.out / "expression.png")
+        contact_sheet(result, tmp / "eval", args.out / "expression.jpg")
     s = result["summary"]
     print(f"cues held {s['held']}/{s['cues']} = {s['share']:.1%}; flow {result['summary_flow']['share']:.1%}")
     for name, v in s["per_emotion"].items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
@@ -291,3 +292,51 @@ def test_eval_report_on_a_tiny_dataset(tiny_dataset, tmp_path) -> None:
     files = write_report(report, tmp_path / "out")
     assert {f.name for f in files} >= {"emotion_eval.json", "emotion_eval.md"}
     assert "Confusion (test_speaker" in (tmp_path / "out" / "emotion_eval.md").read_text()
+
+
+async def test_auto_probabilities_follow_the_voice_angry_vs_sad(shipped: EmotionModel) -> None:
+    """Synthetic angry and sad speech of a held-out speaker, through the engine with ``auto``: the
+    frames' emotion probabilities move with the voice (sad speech → more "sad"). The face itself does
+    not change: no estimate here is confident enough (see CONFIDENT_P) — recorded, not hidden."""
+    from stream_avatar.data.synth import DatasetConfig, Plan, _espeak_speakers, assign_splits, make_example
+    from stream_avatar.motion.dsp_driver import DSPMouthDriver
+    from stream_avatar.motion.idle import IdleLife
+    from stream_avatar.session.engine import AvatarEngine
+    from tests.fakes import FakeRenderer
+
+    cfg = DatasetConfig(hours=0.01, languages=("en", "hi"), seed=0)
+    speakers = _espeak_speakers(cfg)
+    splits = assign_splits(speakers, cfg)
+    speaker = next(s for s in speakers if splits[s.id] == "test_speaker")
+    texts = [
+        "I can not believe you did that again today.",
+        "Please bring the documents to my office now.",
+        "We were waiting for the train for an hour.",
+    ]
+    p_sad: dict[str, float] = {}
+    for emotion in ("angry", "sad"):
+        values = []
+        for j, text in enumerate(texts):
+            plan = Plan(j, 100 + j, text, speaker, emotion, 1.0, "test_speaker", False)
+            audio = make_example(plan).audio.astype(np.float32) / 32768.0
+            engine = AvatarEngine(
+                FakeRenderer(8),
+                DSPMouthDriver(),
+                IdleLife(seed=0),
+                emotion=facs.EmotionLayer(25, facs.parse("auto")),
+                emotion_estimator=EmotionStream(shipped),
+                warn_when_behind=False,
+            )
+            engine.start()
+
+            async def feed(engine: AvatarEngine = engine, audio: np.ndarray = audio) -> None:
+                await engine.feed(audio, 16000)  # more than the input buffer: fed while frames go out
+                engine.end_input()
+
+            feeder = asyncio.create_task(feed())
+            items = [item async for item in engine]
+            await feeder
+            await engine.aclose()
+            values += [it.emotion["sad"] for it in items[-25:]]
+        p_sad[emotion] = float(np.mean(values))
+    assert p_sad["sad"] > p_sad["angry"] + 0.1, p_sad

@@ -117,6 +117,18 @@ class EmotionEmbedder(nn.Module):
         a_pad = a_pad & has_a[:, None] | (~has_a[:, None] & (torch.arange(t, device=audio.device) != t - 1))
         v_pad = v_pad & has_v[:, None] | (~has_v[:, None] & (torch.arange(t, device=audio.device) != t - 1))
         a = self.audio_enc(self.audio_in(audio) + pos + self.kind[0], src_key_padding_mask=a_pad)
+        if not self.training and not bool(has_v.any()):
+            # Audio alone (live speech): the visual tokens would all be masked out of the pooling and
+            # the cross-attention, so they are not computed (same result, a third of the cost).
+            pooled, _ = self.pool(
+                self.query.expand(b, -1, -1),
+                a,
+                a,
+                key_padding_mask=a_pad | ~has_a[:, None],
+                need_weights=False,
+            )
+            mu, logvar = self.head(self.out_norm(pooled[:, 0])).chunk(2, dim=-1)
+            return mu, logvar.clamp(-8.0, 4.0)
         v = self.visual_enc(self.visual_in(rigs) + pos + self.kind[1], src_key_padding_mask=v_pad)
         # Audio attends to the face (cross-modal); nothing to add when the face is missing.
         ctx, _ = self.cross(self.cross_norm(a), v, v, key_padding_mask=v_pad, need_weights=False)

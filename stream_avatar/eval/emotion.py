@@ -147,6 +147,15 @@ def evaluate_emotion(
     log(f"prosody ceiling: {report['prosody_ceiling']}")
     report["speaker_probe"] = _speaker_probe(probe_rows)
     log(f"speaker probe: {report['speaker_probe']}")
+    # Operator control through the bank: each label's learned prior, read back by the bank.
+    priors = {}
+    for name in EMOTIONS[1:]:
+        prior = model.operator_estimate({name: 1.0})
+        priors[name] = {
+            "p": round(float(prior.probs[EMOTIONS.index(name)]), 4),
+            "intensity": round(prior.intensity, 3),
+        }
+    report["operator_priors"] = priors
     protos = model.net.bank.prototypes.detach().numpy().reshape(len(EMOTIONS), cfg.per_emotion, -1)
     means = protos.mean(axis=1)
     unit = means / np.linalg.norm(means, axis=1, keepdims=True)
@@ -271,6 +280,14 @@ def write_report(report: dict[str, Any], out_dir: str | Path, name: str = "emoti
             "prosody (pitch, range, rate, volume, intensity) reaches "
             + ", ".join(f"{k} {v:.3f}" for k, v in c.items())
             + " — the emotions overlap by design of the data engine.",
+        ]
+    pri = report.get("operator_priors", {})
+    if pri:
+        lines += [
+            "",
+            "Operator priors read back by the bank (probability of the chosen label, intensity): "
+            + ", ".join(f"{k} {v['p']:.3f}/{v['intensity']:.2f}" for k, v in pri.items())
+            + ".",
         ]
     p = report.get("speaker_probe", {})
     if p:

@@ -140,7 +140,7 @@ class TrainConfig:
     threads: int = 2
     kl_weight: float = 1e-3
     commit_weight: float = 0.5
-    speaker_weight: float = 0.3
+    speaker_weight: float = 1.0
     prior_weight: float = 0.2
     disc_weight: float = 0.2
     intensity_weight: float = 0.5
