@@ -676,8 +676,8 @@ class AvatarEngine:
         # Drivers get whole frames only; a driver with lookahead may return fewer frames than blocks
         # for now, so audio blocks wait in a FIFO for their motion frame.
         self._blocks.extend(np.array(b, np.float32) for b in blocks)
-        if self._estimator is not None and n:
-            self._block_emotion.extend(self._estimator.push(blocks.reshape(-1)))
+        if n:
+            self._block_emotion.extend(self._estimate(blocks.reshape(-1), n))
         motion = self._push_driver(blocks.reshape(-1)) if n else []
         if ending:
             flush = getattr(self._driver, "flush", None)
@@ -740,6 +740,16 @@ class AvatarEngine:
             set_vector(self._emotion_vector())
         return list(self._driver.push(samples))
 
+    def _estimate(self, samples: np.ndarray, n: int) -> list[Any]:
+        """The voice's emotion for ``n`` frames of audio; paid only while the spec has ``auto`` (None
+        per frame otherwise: an operator-only stream costs nothing here, and its window refills in
+        0.4-2 s after a switch to ``auto``)."""
+        from stream_avatar.emotion import facs
+
+        if self._estimator is None or facs.split(self._emotion.weights)[0] <= 0:
+            return [None] * n
+        return list(self._estimator.push(samples))
+
     def _emotion_vector(self) -> np.ndarray:
         from stream_avatar.emotion import facs
 
@@ -747,8 +757,9 @@ class AvatarEngine:
         v = np.zeros(len(facs.EMOTIONS), np.float32)
         for name, value in operator.items():
             v[facs.EMOTIONS.index(name)] += value
-        if w_auto > 0 and self._estimator is not None and self._block_emotion:
-            v += w_auto * np.asarray(self._block_emotion[-1].motion_vector(), np.float32)
+        latest = self._block_emotion[-1] if self._block_emotion else None
+        if w_auto > 0 and latest is not None:
+            v += w_auto * np.asarray(latest.motion_vector(), np.float32)
         v[0] = 0.0
         return np.clip(v, 0.0, 1.0)
 
