@@ -111,7 +111,16 @@ class EmotionModel:
         net, disc = EmotionNet(cfg), Discriminator(cfg)
         net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
         disc.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("disc.")})
-        return cls(net, disc, {k: v for k, v in info.items() if k != "model"})
+        model = cls(net, disc, {k: v for k, v in info.items() if k != "model"})
+        model.warm_up()
+        return model
+
+    def warm_up(self) -> None:
+        """One dummy estimate per path. torch's first call on a process takes ~0.8 s (kernel and
+        allocator set-up); paid at load, it would otherwise stall a live stream's first update."""
+        cfg = self.config
+        self.estimate_windows(np.zeros((1, cfg.window_frames, cfg.token_dim), np.float32))
+        self.estimate_windows(None, np.zeros((1, cfg.window_frames, cfg.rig_dim), np.float32))
 
     def save(self, model_dir: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> Path:
         from safetensors.torch import save_file

@@ -228,8 +228,14 @@ async def serve_forever(server: AvatarServer, ready: Callable[[str], None] | Non
 def build_server(cfg: Config) -> AvatarServer:
     """The real server for a configuration: avatars from the store, engines with the real pieces."""
     from stream_avatar.avatar.store import AvatarStore
-    from stream_avatar.session.engine import build_engine, build_renderer, resolve_device
+    from stream_avatar.session.engine import (
+        build_engine,
+        build_renderer,
+        make_emotion_estimator,
+        resolve_device,
+    )
 
+    make_emotion_estimator(cfg.engine.fps)  # load + warm the shared emotion model before any session
     store = AvatarStore(cfg.avatar.store_dir)
     size = cfg.avatar.size
     device = resolve_device(cfg.engine.device)
