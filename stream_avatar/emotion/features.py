@@ -120,14 +120,7 @@ class FrameTokens:
 def clip_tokens(audio: np.ndarray) -> np.ndarray:
     """Offline: a whole 16 kHz clip → (frames, TOKEN_DIM), the tokens ``FrameTokens`` emits for it."""
     x = pcm_to_float32(np.asarray(audio).reshape(-1))
-    rows = LevelNormalizer().push(extract_features(x))
-    n = min(rows.shape[0] // ROWS_PER_FRAME, x.size // SAMPLES_PER_FRAME)
-    if n == 0:
-        return np.zeros((0, TOKEN_DIM), np.float32)
-    padded = np.concatenate([np.zeros(_PITCH_WIN, np.float32), x])
-    ends = _PITCH_WIN + SAMPLES_PER_FRAME * np.arange(1, n + 1)
-    windows = np.stack([padded[e - _PITCH_WIN : e] for e in ends])
-    return _tokens(rows[: n * ROWS_PER_FRAME], windows)
+    return tokens_from_rows(extract_features(x), x)
 
 
 def tokens_from_rows(rows: np.ndarray, audio: np.ndarray) -> np.ndarray:
