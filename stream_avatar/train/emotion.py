@@ -45,9 +45,9 @@ from stream_avatar.emotion.model import (
     generated_expression,
 )
 from stream_avatar.motion import rig
-from stream_avatar.train.motion import _load_optimizer, _optimizer_tensors
+from stream_avatar.train import checkpoint
 
-CHECKPOINT = "checkpoint"
+CHECKPOINT = checkpoint.CHECKPOINT
 _MOUTH_IDX = np.array([rig.index(n) for n in visemes.MOUTH_NAMES])
 _HEAD = np.arange(rig.NUM_BLENDSHAPES, rig.RIG_SIZE)
 
@@ -350,41 +350,11 @@ def loss_fn(
 def save_checkpoint(
     out_dir: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer, info: dict[str, Any]
 ) -> None:
-    from safetensors.torch import save_file
-
-    folder = out_dir / CHECKPOINT
-    tmp = folder / "tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    state = {
-        f"{name}.{k}": v.detach().contiguous()
-        for name, m in modules.items()
-        for k, v in m.state_dict().items()
-    }
-    save_file(state, str(tmp / "model.safetensors"))
-    ot, ometa = _optimizer_tensors(opt)
-    save_file(ot, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(
-        json.dumps({**info, "optimizer": ometa}, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
-    for name in ("model.safetensors", "optimizer.safetensors", "state.json"):
-        os.replace(tmp / name, folder / name)
-    tmp.rmdir()
+    state = {f"{name}.{k}": v for name, m in modules.items() for k, v in m.state_dict().items()}
+    checkpoint.save(out_dir, state, opt, info)
 
 
-def load_checkpoint(
-    out_dir: Path,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]] | None:
-    from safetensors.torch import load_file
-
-    folder = out_dir / CHECKPOINT
-    if not (folder / "state.json").is_file():
-        return None
-    meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    return (
-        load_file(str(folder / "model.safetensors")),
-        load_file(str(folder / "optimizer.safetensors")),
-        meta,
-    )
+load_checkpoint = checkpoint.load
 
 
 def _sub(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -435,7 +405,7 @@ def train(
     if ckpt is not None:
         net.load_state_dict(_sub(ckpt[0], "net"))
         disc.load_state_dict(_sub(ckpt[0], "disc"))
-        _load_optimizer(opt, ckpt[1], ckpt[2]["optimizer"])
+        checkpoint.load_optimizer(opt, ckpt[1], ckpt[2]["optimizer"])
         start, elapsed = int(ckpt[2]["step"]), float(ckpt[2].get("train_seconds", 0.0))
         history = list(ckpt[2].get("history", []))
         log(f"resumed at step {start}")

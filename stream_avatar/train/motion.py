@@ -53,6 +53,7 @@ from stream_avatar.emotion import facs as emotion_mod
 from stream_avatar.motion import rig
 from stream_avatar.motion.audio2motion import Audio2MotionNet, ModelConfig, output_slices
 from stream_avatar.motion.learned import MotionModel, frame_rows, normalize_features
+from stream_avatar.train import checkpoint
 
 __all__ = ["Track", "TrainConfig", "load_tracks", "make_batch", "train"]
 
@@ -63,7 +64,7 @@ _PITCH = rig.index("headPitch")
 _BROW = rig.index("browInnerUp")
 _VIS_INDEX = {v: i for i, v in enumerate(visemes.VISEMES)}
 _SLICES = output_slices()
-CHECKPOINT = "checkpoint"
+CHECKPOINT = checkpoint.CHECKPOINT
 
 
 @dataclass
@@ -311,62 +312,14 @@ def loss_fn(
 # ------------------------------------------------------------------------------------ checkpoints
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Adam state as flat tensors (safetensors) + the non-tensor rest as JSON."""
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            tensors[f"{pid}.{k}"] = torch.as_tensor(v).detach().clone().contiguous()
-    return tensors, {"param_groups": sd["param_groups"]}
-
-
-def _load_optimizer(
-    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
-) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key in sorted(tensors):
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = tensors[key]
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
 def save_checkpoint(
     out_dir: Path, net: Audio2MotionNet, opt: torch.optim.Optimizer, step: int, info: dict[str, Any]
 ) -> Path:
-    from safetensors.torch import save_file
-
-    folder = out_dir / CHECKPOINT
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "tmp"
-    tmp.mkdir(exist_ok=True)
-    save_file(
-        {k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp / "model.safetensors")
-    )
-    ot, ometa = _optimizer_tensors(opt)
-    save_file(ot, str(tmp / "optimizer.safetensors"))
-    meta = {"step": step, "model": net.config.to_json(), "optimizer": ometa, **info}
-    (tmp / "state.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    for name in ("model.safetensors", "optimizer.safetensors", "state.json"):  # commit after all written
-        os.replace(tmp / name, folder / name)
-    tmp.rmdir()
-    return folder
+    meta = {"step": step, "model": net.config.to_json(), **info}
+    return checkpoint.save(out_dir, dict(net.state_dict()), opt, meta)
 
 
-def load_checkpoint(
-    out_dir: Path,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]] | None:
-    from safetensors.torch import load_file
-
-    folder = out_dir / CHECKPOINT
-    if not (folder / "state.json").is_file():
-        return None
-    meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    return (
-        load_file(str(folder / "model.safetensors")),
-        load_file(str(folder / "optimizer.safetensors")),
-        meta,
-    )
+load_checkpoint = checkpoint.load
 
 
 # ------------------------------------------------------------------------------------ training
@@ -418,7 +371,7 @@ def train(
     elapsed = 0.0
     if ckpt is not None:
         net.load_state_dict(ckpt[0])
-        _load_optimizer(opt, ckpt[1], ckpt[2]["optimizer"])
+        checkpoint.load_optimizer(opt, ckpt[1], ckpt[2]["optimizer"])
         start = int(ckpt[2]["step"])
         history = list(ckpt[2].get("history", []))
         elapsed = float(ckpt[2].get("train_seconds", 0.0))
