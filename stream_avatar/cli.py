@@ -20,13 +20,14 @@ and exit with status 2; tracebacks are only for bugs (and shown for user errors 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import shutil
 import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -422,10 +423,7 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     from stream_avatar.motion.audio2motion import ModelConfig
     from stream_avatar.train.motion import TrainConfig, train
 
-    data = [Path(d) for d in args.data]
-    for d in data:
-        if not (d / "dataset.json").is_file():
-            raise UserError(f"{d} is not a dataset (no dataset.json): make one with `data synth`")
+    data = _check_datasets(args.data)
     kw: dict[str, Any] = {"seed": args.seed, "threads": args.threads}
     for key in ("steps", "batch", "lr", "eval_every"):
         if getattr(args, key) is not None:
@@ -439,13 +437,7 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
             raise UserError("--lookahead-ms must be a multiple of 10 (feature rows are 10 ms)")
         mkw["lookahead_rows"] = args.lookahead_ms // 10
     evaluate = _motion_validator(data)
-    with tqdm(total=tcfg.steps, unit="step", disable=args.no_progress or not sys.stderr.isatty()) as bar:
-
-        def progress(done: int, _total: int, losses: dict[str, float]) -> None:
-            bar.n = done
-            bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
-            bar.refresh()
-
+    with _step_bar(tcfg.steps, args.no_progress) as progress:
         train(
             data,
             args.out,
@@ -458,6 +450,21 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
         )
     print(Path(args.out).resolve())
     return 0
+
+
+@contextlib.contextmanager
+def _step_bar(total: int, no_progress: bool) -> Iterator[Callable[[int, int, dict[str, float]], None]]:
+    """A tqdm bar over training steps; yields the trainers' ``progress(done, total, losses)``."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="step", disable=no_progress or not sys.stderr.isatty()) as bar:
+
+        def progress(done: int, _total: int, losses: dict[str, float]) -> None:
+            bar.n = done
+            bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
+            bar.refresh()
+
+        yield progress
 
 
 def _check_datasets(dirs: list[str]) -> list[Path]:
@@ -480,13 +487,7 @@ def _train_emotion(args: argparse.Namespace) -> int:
             kw[key] = getattr(args, key)
     tcfg = TrainConfig(**kw)
     total = tcfg.steps + tcfg.disc_steps
-    with tqdm(total=total, unit="step", disable=args.no_progress or not sys.stderr.isatty()) as bar:
-
-        def progress(done: int, _total: int, losses: dict[str, float]) -> None:
-            bar.n = done
-            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
-            bar.refresh()
-
+    with _step_bar(total, args.no_progress) as progress:
         train(
             data,
             args.out,
