@@ -2,6 +2,10 @@
 
 Usage: python benchmarks/bench_e2e.py [--sizes 512 256] [--sessions 1] [--bursts 60] [--out DIR]
 
+With ``--sessions N`` (N > 1) the clients connect 4 s apart, as users arrive; the server's admission
+control may refuse some (HTTP 503 ``busy``): the record says how many were admitted and refused, and
+the late frames of the admitted ones (mean and worst).
+
 Each client is a real aiortc peer (``stream_avatar.server.client.AvatarClient``, receiving like a
 browser: a video frame is released when its last packet is in). Its microphone plays espeak-ng speech
 bursts (different phrases, voices and rates; the onset of a burst is where its 10 ms RMS first
@@ -23,8 +27,8 @@ reaches 10 % of its loudest 10 ms) separated by 0.9-1.4 s of quiet room noise, i
 
 Writes benchmarks/results/e2e.json, a list of records {"device", "size", "sessions",
 "audio_to_mouth_ms": {"p50", "p95", "p99"}, "av_offset_ms": {"p50", "p95"}, "fps",
-"late_frame_ratio", "first_frame_ms", ...} (a record with the same device/size/sessions/budget is
-replaced), and e2e.png beside it. Needs the `espeak-ng` command.
+"late_frame_ratio", "first_frame_ms", "admitted", "refused", "refusal_reasons", ...} (a record
+with the same device/size/sessions/budget is replaced), and e2e.png beside it. Needs the `espeak-ng` command.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import websockets
 from results_io import merge_records
 
 from stream_avatar.audio.io import load_audio
@@ -245,13 +250,26 @@ def analyse(client: AvatarClient, stim: Stimulus) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------- run
 
 
-async def run_clients(url: str, stim: Stimulus, sessions: int) -> list[dict[str, Any]]:
-    clients = [
-        AvatarClient(url, PcmSource(stim.samples, noise_rms=NOISE_RMS, seed=i)) for i in range(sessions)
-    ]
+async def run_clients(
+    url: str, stim: Stimulus, sessions: int, stagger_s: float
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Open ``sessions`` clients ``stagger_s`` apart (the server measures each before the next
+    asks); those refused (HTTP 503, ``busy``) are counted with the server's reason."""
+    clients: list[AvatarClient] = []
+    refused: list[str] = []
     try:
-        for c in clients:
-            await c.connect()
+        for i in range(sessions):
+            if i:
+                await asyncio.sleep(stagger_s)
+            c = AvatarClient(url, PcmSource(stim.samples, noise_rms=NOISE_RMS, seed=i))
+            try:
+                await c.connect()
+            except websockets.InvalidStatus as exc:
+                body = json.loads(exc.response.body or b"{}")
+                refused.append(str(body.get("message", exc.response.status_code)))
+                print(f"  session {i + 1} refused: {refused[-1]}", file=sys.stderr)
+                continue
+            clients.append(c)
         duration = stim.samples.size / RATE
         t0 = time.monotonic()
         while time.monotonic() - t0 < duration + 1.5:
@@ -262,7 +280,7 @@ async def run_clients(url: str, stim: Stimulus, sessions: int) -> list[dict[str,
         errors = [e for c in clients for e in c.received.errors]
         if errors:
             raise RuntimeError(f"server errors: {errors}")
-        return [analyse(c, stim) for c in clients]
+        return [analyse(c, stim) for c in clients], refused
     finally:
         for c in clients:
             await c.close()
@@ -273,14 +291,14 @@ def device_name() -> str:
 
 
 async def bench(
-    size: int, sessions: int, stim: Stimulus, store: Path, budget_ms: int | None
+    size: int, sessions: int, stim: Stimulus, store: Path, budget_ms: int | None, stagger_s: float = 4.0
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-e2e-log-") as tmp:
         server = Server(size, store, budget_ms, Path(tmp) / "server.log")
         try:
             url = await server.url()
             print(f"size {size}, {sessions} session(s): server at {url}", file=sys.stderr)
-            results = await run_clients(url, stim, sessions)
+            results, refused = await run_clients(url, stim, sessions, stagger_s)
         finally:
             server.stop()
     lat = [x for r in results for x in r["latencies"]]
@@ -293,6 +311,9 @@ async def bench(
         "device": device_name(),
         "size": size,
         "sessions": sessions,
+        "admitted": len(results),
+        "refused": len(refused),
+        "refusal_reasons": refused,
         "latency_budget_ms": budget_ms if budget_ms is not None else 80,
         "audio_to_mouth_ms": _pct(lat, (50, 95, 99)),
         "av_offset_ms": _pct(offs, (50, 95)),
@@ -300,11 +321,15 @@ async def bench(
         "video_after_rig_ms": _pct(var, (50, 95)),
         "fps": round(float(np.mean([r["fps"] for r in results])), 2),
         "late_frame_ratio": round(float(np.mean([r["late_ratio"] for r in results])), 4),
+        "late_frame_ratio_max": round(float(np.max([r["late_ratio"] for r in results])), 4),
         "first_frame_ms": round(float(np.median(firsts)), 1) if firsts else None,
-        "bursts": len(stim.onsets) * sessions,
+        "bursts": len(stim.onsets) * len(results),
         "missed_bursts": sum(r["missed"] for r in results),
         "server_render_ms_p50": server_stats.get("render_ms_p50"),
         "server_mouth_latency_ms_p50": server_stats.get("mouth_latency_ms"),
+        "server_mouth_latency_ms_p95_max": max(
+            (r["server"].get("mouth_latency_ms_p95") or 0.0 for r in results), default=None
+        ),
         "_latencies": lat,
     }
 

@@ -353,6 +353,14 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
     server = build_server(cfg)
     print("preparing the avatar ...", file=sys.stderr, flush=True)
     server.preload("default")  # enroll/load before listening: the first visitor does not wait for it
+    cost = server.calibrate("default")
+    cores = server.admission.cores
+    print(
+        f"admission: one session ≈ {cost:.2f} of {cores} cores (render + encode, measured); sessions beyond "
+        f"{cfg.server.cpu_fraction:.0%} of the cores are refused (busy)",
+        file=sys.stderr,
+        flush=True,
+    )
 
     def ready(url: str) -> None:
         if cfg.server.host not in ("127.0.0.1", "localhost", "::1"):

@@ -23,14 +23,16 @@ TOML layout (every key optional)::
     host = "127.0.0.1"
     port = 8080
     latency_budget_ms = 80   # frames wait at most this long for their tick
-    max_sessions = 4
+    max_sessions = 4         # hard cap; below it, admission control refuses what the load cannot carry
+    cpu_fraction = 0.8       # share of this process's cores that sessions may use in all (admission)
     audio_jitter_prefetch = 0  # 0: mic packets to the decoder on arrival; N: aiortc's buffer of N x 20 ms
 
 Environment variables use the key name: ``STREAM_AVATAR_FPS``, ``STREAM_AVATAR_DRIVER``,
 ``STREAM_AVATAR_MAX_BUFFER_S``, ``STREAM_AVATAR_DEVICE``, ``STREAM_AVATAR_EMOTION``,
 ``STREAM_AVATAR_AVATAR`` (the spec), ``STREAM_AVATAR_SIZE``, ``STREAM_AVATAR_STORE_DIR``,
 ``STREAM_AVATAR_HOST``, ``STREAM_AVATAR_PORT``,
-``STREAM_AVATAR_LATENCY_BUDGET_MS``, ``STREAM_AVATAR_MAX_SESSIONS``, ``STREAM_AVATAR_AUDIO_JITTER_PREFETCH``.
+``STREAM_AVATAR_LATENCY_BUDGET_MS``, ``STREAM_AVATAR_MAX_SESSIONS``, ``STREAM_AVATAR_CPU_FRACTION``,
+``STREAM_AVATAR_AUDIO_JITTER_PREFETCH``.
 """
 
 from __future__ import annotations
@@ -124,6 +126,7 @@ class ServerConfig:
     port: int = 8080
     latency_budget_ms: int = 80
     max_sessions: int = 4
+    cpu_fraction: float = 0.8
     audio_jitter_prefetch: int = 0
 
     def __post_init__(self) -> None:
@@ -133,6 +136,8 @@ class ServerConfig:
             raise ConfigError(f"latency_budget_ms must lie in 40..2000, got {self.latency_budget_ms}")
         if not 1 <= self.max_sessions <= 64:
             raise ConfigError(f"max_sessions must lie in 1..64, got {self.max_sessions}")
+        if not 0.05 <= self.cpu_fraction <= 1.0:
+            raise ConfigError(f"cpu_fraction must lie in 0.05..1, got {self.cpu_fraction}")
         if not 0 <= self.audio_jitter_prefetch <= 8:
             raise ConfigError(f"audio_jitter_prefetch must lie in 0..8, got {self.audio_jitter_prefetch}")
         if not self.host:
@@ -160,6 +165,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "port": ("server", "port"),
     "latency_budget_ms": ("server", "latency_budget_ms"),
     "max_sessions": ("server", "max_sessions"),
+    "cpu_fraction": ("server", "cpu_fraction"),
     "audio_jitter_prefetch": ("server", "audio_jitter_prefetch"),
 }
 _SECTIONS: dict[str, type[Any]] = {"engine": EngineConfig, "avatar": AvatarConfig, "server": ServerConfig}
@@ -181,6 +187,7 @@ def _parse(section: str, name: str, value: object, origin: str) -> object:
         "max_sessions": int,
         "audio_jitter_prefetch": int,
         "max_buffer_s": float,
+        "cpu_fraction": float,
     }.get(name, str)
     if kind is str:
         return str(value).strip()

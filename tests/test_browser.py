@@ -9,6 +9,7 @@ the shown video moving while the background stays still. Skipped visibly without
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -87,12 +88,13 @@ def _wait_for_port(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
     )
 
 
-@pytest.fixture
-def server_url(tmp_path: Path) -> Iterator[str]:
+@contextlib.contextmanager
+def _serve(tmp_path: Path, *extra: str) -> Iterator[str]:
+    """`stream-avatar serve` on a free loopback port in its own process group; yields its URL."""
     port = _free_port()
     log = tmp_path / "server.log"
     cmd = [sys.executable, "-m", "stream_avatar", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--size", str(SIZE), "--store", str(tmp_path / "store")]
+    cmd += ["--size", str(SIZE), "--store", str(tmp_path / "store"), *extra]
     with log.open("wb") as out:
         proc = subprocess.Popen(
             cmd,
@@ -113,6 +115,12 @@ def server_url(tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.fixture
+def server_url(tmp_path: Path) -> Iterator[str]:
+    with _serve(tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
@@ -281,3 +289,26 @@ def test_browser_talks(chromium: tuple[str, ModuleType], server_url: str, mic_wa
     assert background_change.max() < BACKGROUND_MAX_CHANGE, summary
     assert not r["errors"], summary
     assert len(emotion_bars) == 8 and all(v != "–" for v in emotion_bars), emotion_bars
+
+
+def test_a_refused_session_tells_the_visitor_why(chromium: tuple[str, ModuleType], tmp_path: Path) -> None:
+    """A browser cannot read a refused upgrade's body: the page asks /status and shows the reason."""
+    from websockets.sync.client import connect
+
+    exe, sync_api = chromium
+    args = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+    with _serve(tmp_path, "--max-sessions", "1") as url, connect(url.replace("http", "ws") + "ws") as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "hello"  # the one session this server takes
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=exe, headless=True, args=args)
+            try:
+                page = browser.new_page()
+                page.goto(url)
+                page.click("#connect")
+                page.wait_for_function(
+                    "document.getElementById('message').textContent.includes('server busy')", timeout=15000
+                )
+                text = page.text_content("#message") or ""
+                assert "session limit (1)" in text, text
+            finally:
+                browser.close()

@@ -55,13 +55,19 @@ def make_server(
     max_sessions: int = 4,
     wrap_engine: Callable[[Any], Any] = lambda engine: engine,
     emotion: str = "auto",
+    measured_admission: bool = False,
+    prior_session_cores: float | None = None,
 ) -> AvatarServer:
+    """Admission by the hard cap only, unless ``measured_admission`` (the load of a test process,
+    with its clients in it, says nothing about the server's)."""
     from stream_avatar.render.renderer import RendererWrapper
 
     settings = ServerSettings(
         host="127.0.0.1",
         port=0,
         max_sessions=max_sessions,
+        measured_admission=measured_admission,
+        prior_session_cores=prior_session_cores,
         session=SessionSettings(fps=FPS, size=SIZE, emotion=emotion),
     )
 
@@ -508,6 +514,40 @@ async def test_session_limit(avatar: Avatar) -> None:
             with pytest.raises(websockets.InvalidStatus) as exc:
                 await websockets.connect(url)
             assert exc.value.response.status_code == 503
+    finally:
+        await srv.aclose()
+
+
+async def test_a_session_the_measured_load_cannot_carry_is_refused_with_busy(avatar: Avatar) -> None:
+    from stream_avatar.server.admission import available_cores
+
+    # One session is taken to need 0.6 of the cores; two would pass the budget (0.8 of them).
+    srv = make_server(
+        avatar, max_sessions=8, measured_admission=True, prior_session_cores=0.6 * available_cores()
+    )
+    await srv.start()
+    try:
+        url = srv.url.replace("http", "ws") + "/ws"
+        async with websockets.connect(url) as ws:  # the first is always let in
+            assert json.loads(await ws.recv())["type"] == "hello"
+            with pytest.raises(websockets.InvalidStatus) as exc:
+                await websockets.connect(url)
+            response = exc.value.response
+            assert response.status_code == 503
+            body = json.loads(response.body)
+            assert body["type"] == "error" and body["code"] == "busy"
+            assert "cannot carry another session" in body["message"], body
+            assert srv.admission.refused == 1
+            status, _, raw = await asyncio.to_thread(_get, srv.url + "/status")
+            report = json.loads(raw)
+            assert status == 200 and report["accepting"] is False, report
+            assert "cannot carry another session" in report["reason"] and report["sessions"] == 1
+        # Gone: the next one is let in again.
+        assert await wait_for(lambda: not srv.sessions)
+        status, _, raw = await asyncio.to_thread(_get, srv.url + "/status")
+        assert json.loads(raw)["accepting"] is True
+        async with websockets.connect(url) as ws:
+            assert json.loads(await ws.recv())["type"] == "hello"
     finally:
         await srv.aclose()
 

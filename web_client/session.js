@@ -19,6 +19,21 @@ export function signalingUrl(loc = window.location) {
   return `${loc.protocol === "https:" ? "wss:" : "ws:"}//${loc.host}/ws`;
 }
 
+/**
+ * A browser cannot read the body of a refused WebSocket upgrade (HTTP 503 `busy`): ask the server's
+ * /status why it would not take a session now. Resolves with the reason, or null.
+ */
+async function refusalReason(wsUrl) {
+  try {
+    const url = new URL("/status", wsUrl.replace(/^ws/, "http"));
+    const res = await fetch(url, { cache: "no-store" });
+    const status = await res.json();
+    return status.accepting ? null : `server busy: ${status.reason}`;
+  } catch {
+    return null;
+  }
+}
+
 function withTimeout(promise, ms, what) {
   let timer;
   const timeout = new Promise((_, reject) => {
@@ -70,11 +85,15 @@ export class AvatarSession extends EventTarget {
           this.emit("servererror", { code: "client", message: "unparsable message from the server" });
           return;
         }
-        if (msg?.type === "hello") resolve(msg);
+        if (msg?.type === "hello") {
+          this.helloSeen = true;
+          resolve(msg);
+        }
         this._handle(msg);
       };
-      ws.onclose = (ev) => {
-        const why = ev.reason || (ev.wasClean ? "closed by the server" : "connection lost");
+      ws.onclose = async (ev) => {
+        let why = ev.reason || (ev.wasClean ? "closed by the server" : "connection lost");
+        if (!this.helloSeen) why = (await refusalReason(this.url)) ?? why;
         reject(new Error(`WebSocket closed before hello (${why})`));
         this._fail(new Error(`the server connection closed (${why})`));
         if (!this.closed) this.emit("closed", why);

@@ -26,17 +26,23 @@ from websockets.http11 import Request, Response
 
 from stream_avatar.config import Config
 from stream_avatar.server import protocol
+from stream_avatar.server.admission import Admission, AdmissionSettings, Refusal, calibrate
 from stream_avatar.server.session import Session, SessionSettings
 
 logger = logging.getLogger(__name__)
 
 WEB_CLIENT_DIR = Path(__file__).resolve().parents[2] / "web_client"
 WS_PATH = "/ws"
+STATUS_PATH = "/status"  # JSON: would a session be let in now, why not, and the measured load
 STATIC_SUFFIXES = {".html", ".js", ".mjs", ".css", ".png", ".svg", ".ico", ".json", ".webmanifest"}
 # WebSocket messages beyond this are refused by websockets itself (connection closed with 1009); below
 # it and above protocol.MAX_MESSAGE_BYTES (protocol.MAX_REFERENCE_MESSAGE_BYTES for `emotion_ref`, the
 # only big message: a base64 face clip) the session answers `too_large` and carries on.
 WS_MAX_SIZE = protocol.MAX_REFERENCE_MESSAGE_BYTES + (1 << 20)
+# An upgrade admitted by process_request counts as a session until its handler registers it (or
+# this long has passed: a handshake that failed after admission).
+ADMITTED_HOLD_S = 10.0
+CALIBRATION_FRAMES = 12
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,9 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     max_sessions: int = 4
+    cpu_fraction: float = 0.8
+    prior_session_cores: float | None = None
+    measured_admission: bool = True
     session: SessionSettings = field(default_factory=SessionSettings)
 
 
@@ -75,6 +84,17 @@ class AvatarServer:
         self._avatars: dict[str, Any] = {}
         self._avatar_lock = asyncio.Lock()
         self._closers: set[asyncio.Future[Any]] = set()
+        self.admission = Admission(
+            AdmissionSettings(
+                max_sessions=settings.max_sessions,
+                cpu_fraction=settings.cpu_fraction,
+                prior_cores=settings.prior_session_cores,
+                measured=settings.measured_admission,
+            ),
+            lambda: [s.load() for s in list(self.sessions.values())],
+        )
+        self._admitted: list[float] = []  # monotonic times of upgrades admitted, not yet registered
+        self._sampler: asyncio.Task[Any] | None = None
 
     # ------------------------------------------------------------------------------ avatars
 
@@ -104,6 +124,36 @@ class AvatarServer:
             )
         return await asyncio.to_thread(self._build_renderer, avatar), avatar.id
 
+    def calibrate(self, spec: str = "default") -> float:
+        """Measure one session's cost (render + video encode of CALIBRATION_FRAMES frames at the
+        server's size, in CPU cores at its fps) and make it admission's prior. Blocking; before
+        ``start``. Motion, emotion, audio and networking come on top: the running sessions'
+        measurement takes over once they stream."""
+        import av
+        import numpy as np
+        from aiortc.codecs import get_encoder
+        from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+        from stream_avatar.motion import rig
+
+        avatar = self.preload(spec)
+        renderer = self._build_renderer(avatar)
+        fps = self.settings.session.fps
+        encoder = get_encoder(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000))
+        rigs = np.zeros((CALIBRATION_FRAMES, rig.RIG_SIZE), np.float32)
+        rigs[:, rig.index("jawOpen")] = np.linspace(0.0, 0.8, CALIBRATION_FRAMES)
+        pts = [0]
+
+        def work() -> None:
+            for frame in np.asarray(renderer.render(rigs)):
+                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+                vf.pts, pts[0] = pts[0], pts[0] + 90000 // fps
+                encoder.encode(vf)
+
+        cores = calibrate(work, CALIBRATION_FRAMES, fps)
+        self.admission.prior_cores = cores
+        return cores
+
     # ---------------------------------------------------------------------------------- http
 
     def _static(self, path: str) -> Response:
@@ -125,11 +175,33 @@ class AvatarServer:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.path.split("?", 1)[0] == WS_PATH:
-            if len(self.sessions) >= self.settings.max_sessions:
-                body = json.dumps(protocol.error_message("busy", "the server is at its session limit"))
+            now = asyncio.get_running_loop().time()
+            self._admitted = [t for t in self._admitted if now - t < ADMITTED_HOLD_S]
+            try:
+                self.admission.check(len(self.sessions) + len(self._admitted))
+            except Refusal as exc:
+                body = json.dumps(protocol.error_message("busy", str(exc)))
                 return _response(HTTPStatus.SERVICE_UNAVAILABLE, body.encode(), "application/json")
+            self._admitted.append(now)
             return None  # go on with the WebSocket handshake
+        if request.path.split("?", 1)[0] == STATUS_PATH:
+            return self._status()
         return self._static(request.path)
+
+    def _status(self) -> Response:
+        """What a browser cannot read from a refused WebSocket upgrade: whether one more session
+        would be let in now, the reason if not, and the load admission control measures."""
+        now = asyncio.get_running_loop().time()
+        pending = sum(1 for t in self._admitted if now - t < ADMITTED_HOLD_S)
+        reason = self.admission.reason(len(self.sessions) + pending)
+        body = {
+            "accepting": reason is None,
+            "reason": reason,
+            "sessions": len(self.sessions),
+            "max_sessions": self.settings.max_sessions,
+            **self.admission.snapshot(),
+        }
+        return _response(HTTPStatus.OK, json.dumps(body).encode(), "application/json")
 
     # ---------------------------------------------------------------------------- sessions
 
@@ -141,6 +213,8 @@ class AvatarServer:
             send, self._engine_for, self._renderer_for, self.settings.session, self.default_avatar
         )
         self.sessions[session.id] = session
+        if self._admitted:
+            self._admitted.pop(0)
 
         def closed(s: Session) -> None:
             self.sessions.pop(s.id, None)
@@ -173,6 +247,7 @@ class AvatarServer:
             max_size=WS_MAX_SIZE,
             max_queue=4,  # messages up to ~12 MiB (reference clips): at most ~48 MiB per connection
         )
+        self._sampler = asyncio.ensure_future(self.admission.run())
 
     @property
     def port(self) -> int:
@@ -187,6 +262,10 @@ class AvatarServer:
 
     async def aclose(self) -> None:
         """Stop accepting, close every session (peer connections, engines), then the listener."""
+        if self._sampler is not None:
+            self._sampler.cancel()
+            await asyncio.gather(self._sampler, return_exceptions=True)
+            self._sampler = None
         if self._server is not None:
             self._server.close(close_connections=False)
         await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
@@ -263,6 +342,7 @@ def build_server(cfg: Config) -> AvatarServer:
         host=cfg.server.host,
         port=cfg.server.port,
         max_sessions=cfg.server.max_sessions,
+        cpu_fraction=cfg.server.cpu_fraction,
         session=SessionSettings(
             fps=cfg.engine.fps,
             size=size,

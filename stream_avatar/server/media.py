@@ -177,9 +177,10 @@ class MicLatency:
 
     The mic reader ``mark``s each pushed packet (its end in seconds of input audio, its arrival time);
     the playout asks ``frame_latency_s(n)`` for the n-th frame since the last ``restart`` (whose audio
-    ends at input position ``base + (n + 1) / fps``). Bounded deques; approximate by up to 1 ms of
-    resampler delay; input dropped on overload makes a few estimates too small, which is logged in the
-    engine's stats anyway.
+    ends at input position ``base + skipped + (n + 1) / fps``, where ``skipped`` is the input the
+    engine dropped on overload since the restart: without it every drop would shift the mapping to
+    older packets for good and the latency would seem to grow without bound). Bounded deques;
+    approximate by up to 1 ms of resampler delay.
     """
 
     def __init__(self, fps: int) -> None:
@@ -198,8 +199,10 @@ class MicLatency:
         self._base_s = self._input_s
         self._marks.clear()
 
-    def frame_latency_s(self, n_since_restart: int, handed_out: float) -> float | None:
-        end_s = self._base_s + (n_since_restart + 1) / self.fps
+    def frame_latency_s(
+        self, n_since_restart: int, handed_out: float, skipped_s: float = 0.0
+    ) -> float | None:
+        end_s = self._base_s + skipped_s + (n_since_restart + 1) / self.fps
         while self._marks and self._marks[0][0] < end_s - 1e-6:
             self._marks.popleft()
         if not self._marks:

@@ -32,6 +32,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from stream_avatar.emotion import facs as emotion_mod
 from stream_avatar.motion import rig as rig_mod
 from stream_avatar.server import protocol
+from stream_avatar.server.admission import SessionLoad
 from stream_avatar.server.media import (
     MIC_GAP_S,
     MicLatency,
@@ -99,6 +100,7 @@ class Session:
         self._negotiated = False
         self._latency = MicLatency(settings.fps)
         self._frames_since_clear = 0
+        self._dropped_at_clear = 0.0  # the engine's audio_dropped_s at the last clear
         self._last_mic = -math.inf
         self._mic_frames = 0
         self._started = time.monotonic()
@@ -244,6 +246,7 @@ class Session:
             dropped = self.engine.clear()
             self.playout.clear()
             self._latency.restart()
+            self._dropped_at_clear = self.engine.audio_dropped_s
             self._frames_since_clear = 0
         await self.send({"type": "cleared", "dropped_s": round(dropped, 3)})
 
@@ -338,7 +341,8 @@ class Session:
 
     def _on_frame(self, k: int, pts_s: float, item: OutputItem | None, handed_out: float) -> None:
         if item is not None:
-            self._latency.frame_latency_s(self._frames_since_clear, handed_out)
+            skipped = self.engine.audio_dropped_s - self._dropped_at_clear if self.engine is not None else 0.0
+            self._latency.frame_latency_s(self._frames_since_clear, handed_out, skipped)
             self._frames_since_clear += 1
         channel = self._rig_channel
         if channel is None or channel.readyState != "open":
@@ -441,6 +445,13 @@ class Session:
     @property
     def closed(self) -> bool:
         return self._closed.is_set()
+
+    def load(self) -> SessionLoad:
+        """What admission control samples: media flowing (the clock has started), ticks, late ticks."""
+        playout = self.playout
+        if playout is None or playout.first_frame_at is None or self._closing:
+            return SessionLoad(self.id, False, 0, 0)
+        return SessionLoad(self.id, True, playout.ticks, playout.late_frames)
 
 
 def reference_emotion(data: str) -> dict[str, float]:

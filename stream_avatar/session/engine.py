@@ -485,6 +485,11 @@ class AvatarEngine:
                     raise StopAsyncIteration
             await self._out_event.wait()
 
+    @property
+    def audio_dropped_s(self) -> float:
+        """Seconds of live input dropped so far because the buffer was full (the oldest audio)."""
+        return self._audio_dropped_s
+
     def stats(self) -> dict[str, float]:
         """Counters and latency percentiles (render/compute ms per frame over the last 250 frames).
 
