@@ -198,6 +198,46 @@ def test_training_smoke_and_resume(tiny_dataset, tmp_path) -> None:
     assert MotionModel.load(tmp_path / "b").config == small
 
 
+def test_random_eq_is_a_smooth_bounded_gain_and_keeps_the_energy_column_true() -> None:
+    from stream_avatar.audio.features import EPS, N_MELS
+    from stream_avatar.train.motion import _BAND_WEIGHT, random_eq
+
+    rng = np.random.default_rng(0)
+    mel = rng.uniform(1e-6, 1e-2, (50, N_MELS))
+    rows = np.concatenate([np.log(mel + EPS), np.log(mel @ _BAND_WEIGHT)[:, None]], axis=1).astype(np.float32)
+    for seed in range(5):
+        out = random_eq(rows, np.random.default_rng(seed))
+        gain_db = 10.0 * (out[:, :N_MELS] - rows[:, :N_MELS]) / np.log(10.0)
+        assert np.allclose(gain_db, gain_db[0], atol=0.05)  # the same gain at every row
+        assert np.abs(gain_db).max() <= 9.5 and np.abs(np.diff(gain_db[0])).max() < 1.0  # bounded, smooth
+        # The energy column is the log of the band-weighted power of the new mel rows.
+        energy = np.log(np.exp(out[:, :N_MELS].astype(np.float64)) @ _BAND_WEIGHT)
+        assert np.allclose(out[:, N_MELS], energy, atol=1e-3)
+
+
+def test_delta_loss_penalises_jitter_the_target_does_not_have() -> None:
+    from stream_avatar.train.motion import TrainConfig, loss_fn
+
+    torch.manual_seed(0)
+    net = Audio2MotionNet(ModelConfig(channels=16, dilations=(1, 2)))
+    n = 10
+    rows = 4 * n + net.config.lookahead_rows
+    batch = {
+        "x": torch.randn(2, net.config.n_input, rows),
+        "emotion": torch.zeros(2, net.config.emotion_dim),
+        "mouth": torch.full((2, n, 9), 0.5),
+        "viseme": torch.zeros(2, n, dtype=torch.long),
+        "pitch": torch.zeros(2, n),
+        "brow": torch.zeros(2, n),
+        "brow_mask": torch.zeros(2, n),
+        "mask": torch.ones(2, n),
+    }
+    _, parts = loss_fn(net, batch, TrainConfig())
+    jitter = dict(batch, mouth=batch["mouth"] + 0.2 * (torch.arange(n) % 2)[None, :, None])
+    _, parts_j = loss_fn(net, jitter, TrainConfig())
+    assert parts_j["delta"] > parts["delta"] + 0.03  # the target jumps by 0.2 every frame
+
+
 def test_shipped_weights_load() -> None:
     if not (DEFAULT_MODEL_DIR / "model.safetensors").is_file():
         pytest.fail(f"the shipped motion model is missing from {DEFAULT_MODEL_DIR}")

@@ -22,8 +22,14 @@ Feature-domain augmentation on top of the dataset's own (which is applied to the
 dataset is made): with probability ``babble_p`` 1-4 other training utterances are mixed in at 0-20 dB
 below the stream's speech level (babble: the mouth must follow the main voice, not every voice), and
 with probability ``band_p`` the mel bands are attenuated above 3.3-4 kHz and below 100-350 Hz (an
-8 kHz or telephone channel). Both work on mel powers, where independent signals add (their cross
-terms average out over a band), so no audio has to be re-synthesized per batch.
+8 kHz or telephone channel), and with probability ``eq_p`` a smooth random equaliser (a tilt and
+two slow ripples across the mel axis, up to about ±10 dB: another microphone, room or codec than
+the synthesizers'). All three work on mel powers, where independent signals add (their cross terms
+average out over a band), so no audio has to be re-synthesized per batch.
+
+Loss: squared error of the mouth coefficients plus, with weight ``delta_weight``, squared error of
+their frame-to-frame change (the mouth must move when the target moves, and not jitter when it
+does not), viseme cross-entropy, and the speech-linked gestures.
 
 Resumable and reproducible: a checkpoint (weights, optimizer state, step; safetensors + JSON) is
 written every ``checkpoint_every`` steps and at the end; batch ``i`` is drawn from
@@ -160,8 +166,10 @@ class TrainConfig:
     warmup: int = 200
     seed: int = 0
     emotion_p: float = 0.5
-    babble_p: float = 0.25
+    babble_p: float = 0.5
     band_p: float = 0.3
+    eq_p: float = 0.5
+    delta_weight: float = 1.0
     viseme_weight: float = 0.2
     gesture_weight: float = 0.3
     checkpoint_every: int = 250
@@ -209,6 +217,18 @@ def narrow_band(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _with_energy(mel, rows)
 
 
+def random_eq(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A smooth random gain across the mel bands: tilt ±6 dB end to end, two cosine ripples ±3 dB."""
+    m = np.linspace(0.0, 1.0, N_MELS)
+    gain_db = rng.uniform(-6.0, 6.0) * (m - 0.5)
+    for k in (1, 2):
+        gain_db += rng.uniform(-3.0, 3.0) * np.cos(
+            np.pi * (k + rng.uniform(0.0, 1.0)) * m + rng.uniform(0, np.pi)
+        )
+    mel = np.exp(rows[:, :N_MELS].astype(np.float64)) * 10.0 ** (gain_db / 10.0)
+    return _with_energy(mel, rows)
+
+
 def make_batch(
     tracks: Sequence[Track], cfg: TrainConfig, lookahead_rows: int, step: int
 ) -> dict[str, torch.Tensor]:
@@ -232,6 +252,8 @@ def make_batch(
             rows = mix_babble(rows, tracks, rng)
         if rng.uniform() < cfg.band_p:
             rows = narrow_band(rows, rng)
+        if rng.uniform() < cfg.eq_p:
+            rows = random_eq(rows, rng)
         rows = normalize_features(rows)
         cat = {
             "mouth": np.concatenate([p.mouth for p in parts]),
@@ -290,6 +312,9 @@ def loss_fn(
     denom = mask.sum().clamp_min(1.0)
     mouth = torch.sigmoid(y[..., _SLICES["mouth"]])
     l_mouth = (((mouth - batch["mouth"]) ** 2).mean(-1) * mask).sum() / denom
+    d_err = torch.diff(mouth, dim=1) - torch.diff(batch["mouth"], dim=1)
+    d_mask = mask[:, 1:] * mask[:, :-1]
+    l_delta = ((d_err**2).mean(-1) * d_mask).sum() / d_mask.sum().clamp_min(1.0)
     ce = F.cross_entropy(
         y[..., _SLICES["viseme"]].reshape(-1, len(visemes.VISEMES)),
         batch["viseme"].reshape(-1),
@@ -301,10 +326,20 @@ def loss_fn(
     brow = torch.sigmoid(y[..., _SLICES["brow"]][..., 0])
     bm = batch["brow_mask"]
     l_brow = (((brow - batch["brow"]) ** 2) * bm).sum() / bm.sum().clamp_min(1.0)
-    total = l_mouth * 10.0 + cfg.viseme_weight * l_vis + cfg.gesture_weight * (0.1 * l_pitch + 10.0 * l_brow)
+    total = (
+        (l_mouth + cfg.delta_weight * l_delta) * 10.0
+        + cfg.viseme_weight * l_vis
+        + cfg.gesture_weight * (0.1 * l_pitch + 10.0 * l_brow)
+    )
     parts = {
         k: float(v.detach())
-        for k, v in (("mouth", l_mouth), ("viseme", l_vis), ("pitch", l_pitch), ("brow", l_brow))
+        for k, v in (
+            ("mouth", l_mouth),
+            ("delta", l_delta),
+            ("viseme", l_vis),
+            ("pitch", l_pitch),
+            ("brow", l_brow),
+        )
     }
     return total, parts
 
