@@ -195,9 +195,18 @@ async def test_loopback_speech_bursts(neutral_server: AvatarServer, speech_burst
         return np.log(np.mean(x[: n * hop].reshape(n, hop) ** 2, axis=1) + 1e-8)
 
     env_got, env_sent = envelope(got), envelope(sent)
-    n = min(env_got.size, env_sent.size) - 50
-    corr = [np.corrcoef(env_got[lag : lag + n - 50], env_sent[: n - 50])[0, 1] for lag in range(0, 50)]
-    assert max(corr) > 0.8, f"received audio does not follow the sent audio (r = {max(corr):.2f})"
+    # In 2 s pieces, each at its own best lag: a late frame is replaced by the previous one with
+    # silence and its audio follows one frame later, so the lag may step by 40 ms along the stream.
+    piece = 200
+    n = min(env_got.size - 50, env_sent.size)
+    rs = []
+    for a in range(0, n - piece + 1, piece):
+        ref = env_sent[a : a + piece]
+        rs.append(max(np.corrcoef(env_got[a + lag : a + lag + piece], ref)[0, 1] for lag in range(0, 50)))
+    late = stats[-1]["late_frames"] if stats else None
+    assert len(rs) >= 3 and float(np.median(rs)) > 0.8, (
+        f"received audio does not follow the sent audio (r per 2 s: {np.round(rs, 2)}; late frames {late})"
+    )
 
     # Rig messages and audio of the same frame arrive together (within one frame period).
     audio_arrival = {pts: t for t, pts, _ in rec.audio}
