@@ -86,28 +86,28 @@ def make_server(
     )
 
 
-@pytest.fixture
-async def server(avatar: Avatar) -> AsyncIterator[AvatarServer]:
-    srv = make_server(avatar)
+async def _running(srv: AvatarServer) -> AsyncIterator[AvatarServer]:
+    """Start ``srv``, yield it, close it; no session may outlive it."""
     await srv.start()
     try:
         yield srv
     finally:
         await srv.aclose()
     assert not srv.sessions
+
+
+@pytest.fixture
+async def server(avatar: Avatar) -> AsyncIterator[AvatarServer]:
+    async for srv in _running(make_server(avatar)):
+        yield srv
 
 
 @pytest.fixture
 async def neutral_server(avatar: Avatar) -> AsyncIterator[AvatarServer]:
     """The lip-sync checks: the face's emotion fixed to neutral, so only speech moves the jaw (an
     inferred surprise or fear drops it on purpose)."""
-    srv = make_server(avatar, emotion="neutral")
-    await srv.start()
-    try:
+    async for srv in _running(make_server(avatar, emotion="neutral")):
         yield srv
-    finally:
-        await srv.aclose()
-    assert not srv.sessions
 
 
 def session_tasks() -> list[str]:

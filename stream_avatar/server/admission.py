@@ -46,6 +46,9 @@ __all__ = [
 ]
 
 
+_CLOCK_TICKS = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+
+
 def busy_cpu_seconds() -> float:
     """CPU-seconds the machine has spent busy (all cores; /proc/stat's first line, everything but
     idle and iowait), or this process's CPU time where /proc/stat cannot be read."""
@@ -59,9 +62,6 @@ def busy_cpu_seconds() -> float:
     ticks = [int(x) for x in fields[1:]]
     busy = sum(ticks[:8]) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)  # minus idle, iowait
     return busy / _CLOCK_TICKS
-
-
-_CLOCK_TICKS = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
 
 
 def available_cores() -> int:

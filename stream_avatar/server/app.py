@@ -174,26 +174,29 @@ class AvatarServer:
         return _response(HTTPStatus.OK, target.read_bytes(), ctype)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.path.split("?", 1)[0] == WS_PATH:
-            now = asyncio.get_running_loop().time()
-            self._admitted = [t for t in self._admitted if now - t < ADMITTED_HOLD_S]
+        path = request.path.split("?", 1)[0]
+        if path == WS_PATH:
             try:
-                self.admission.check(len(self.sessions) + len(self._admitted))
+                self.admission.check(self._open_sessions())
             except Refusal as exc:
                 body = json.dumps(protocol.error_message("busy", str(exc)))
                 return _response(HTTPStatus.SERVICE_UNAVAILABLE, body.encode(), "application/json")
-            self._admitted.append(now)
+            self._admitted.append(asyncio.get_running_loop().time())
             return None  # go on with the WebSocket handshake
-        if request.path.split("?", 1)[0] == STATUS_PATH:
+        if path == STATUS_PATH:
             return self._status()
         return self._static(request.path)
+
+    def _open_sessions(self) -> int:
+        """Registered sessions plus upgrades admitted but not registered yet (expired ones dropped)."""
+        now = asyncio.get_running_loop().time()
+        self._admitted = [t for t in self._admitted if now - t < ADMITTED_HOLD_S]
+        return len(self.sessions) + len(self._admitted)
 
     def _status(self) -> Response:
         """What a browser cannot read from a refused WebSocket upgrade: whether one more session
         would be let in now, the reason if not, and the load admission control measures."""
-        now = asyncio.get_running_loop().time()
-        pending = sum(1 for t in self._admitted if now - t < ADMITTED_HOLD_S)
-        reason = self.admission.reason(len(self.sessions) + pending)
+        reason = self.admission.reason(self._open_sessions())
         body = {
             "accepting": reason is None,
             "reason": reason,
