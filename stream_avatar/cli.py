@@ -138,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--speakers-per-language", type=int, default=10)
     synth.add_argument(
+        "--text-language",
+        default=None,
+        help="every speaker reads this language's sentences (e.g. en: Festival's Italian, Catalan, "
+        "Czech, Finnish, Russian voices read English with their own rules; labels stay exact)",
+    )
+    synth.add_argument(
         "--synthesizers",
         default=None,
         help="comma-separated: espeak, festival, flite (default: espeak + those installed)",
@@ -405,6 +411,7 @@ def cmd_data(args: argparse.Namespace, cfg: Config) -> int:
         augment=not args.no_augment,
         workers=args.workers,
         synthesizers=tuple(x.strip() for x in (args.synthesizers or "").split(",") if x.strip()),
+        text_language=args.text_language,
     )
     total = args.hours * 3600.0
     with tqdm(total=round(total), unit="s audio", disable=args.no_progress or not sys.stderr.isatty()) as bar:

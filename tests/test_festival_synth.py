@@ -123,6 +123,67 @@ def test_bad_input() -> None:
             festival.synthesize("日本", "czech_dita")
 
 
+# A sentence the Italian voices' front end fails on (SIOD "wrong type of argument to get_c_val").
+ITALIAN_UNREADABLE = "Finger rain tired, can you help me, can you help me?"
+
+
+def test_a_text_the_front_end_cannot_read_is_named_or_skipped() -> None:
+    if "pc_diphone" not in INSTALLED:
+        pytest.skip("Festival voice pc_diphone missing: apt-get install festvox-itapc16k")
+    jobs = [(ITALIAN_UNREADABLE, "pc_diphone"), ("Point tour roof.", "pc_diphone")]
+    with pytest.raises(RuntimeError, match="cannot synthesize"):
+        festival.synthesize_many(jobs)
+    bad, good = festival.synthesize_many(jobs, skip_failed=True)
+    assert bad is None  # the next job of the same process still ran
+    assert good is not None and good.samples.size > 8000 and len(good.phonemes) > 4
+
+
+def test_each_language_runs_in_its_own_process() -> None:
+    # Loaded before them in one process, the Russian voice breaks the Finnish ones
+    # ("Phone v does not have feature csoft").
+    if not {"msu_ru_nsh_clunits", "suo_fi_lj_diphone"} <= set(INSTALLED):
+        pytest.skip(
+            "Russian / Finnish Festival voices missing: apt-get install festvox-ru festvox-suopuhe-lj"
+        )
+    ru, fi = festival.synthesize_many(
+        [(SAMPLES["ru"], "msu_ru_nsh_clunits"), (SAMPLES["fi"], "suo_fi_lj_diphone")]
+    )
+    assert ru is not None and fi is not None
+    assert fi.voice == "suo_fi_lj_diphone" and fi.samples.size > 16000
+
+
+def test_voices_of_other_languages_read_english_with_exact_phones(tmp_path: Path) -> None:
+    pytest.importorskip("scipy", reason="the data engine needs the train extra")
+    from stream_avatar.data import texts
+    from stream_avatar.data.synth import DatasetConfig, read_dataset, synthesize_dataset
+
+    langs = tuple(lang for lang in ("it", "cs") if festival.installed_voices(lang))
+    if not langs:
+        pytest.skip("no Italian or Czech Festival voice installed")
+    config = DatasetConfig(
+        hours=30.0 / 3600.0,
+        seed=4,
+        languages=langs,
+        holdout_language=None,
+        text_pool=12,
+        workers=1,
+        synthesizers=("festival",),
+        festival_speakers_per_voice=2,
+        text_language="en",
+    )
+    info = synthesize_dataset(tmp_path / "ds", config)
+    assert info["unmapped_phonemes"] == {} and info["utterances"] >= 3
+    english = set(texts.select_for_coverage("en", 12, 4))
+    for utt in read_dataset(tmp_path / "ds"):
+        assert utt.record["language"] in langs and utt.record["text"] in english
+        voiced = [(s, e) for sym, s, e in utt.phonemes if sym != visemes.PAUSE]
+        assert voiced and voiced[-1][1] <= utt.audio.size
+    with pytest.raises(ValueError, match="sentence pool"):
+        DatasetConfig(
+            languages=("it",), holdout_language=None, synthesizers=("festival",), text_language="xx"
+        )
+
+
 # ------------------------------------------------------------------------------------------ flite
 
 FLITE_VOICES = flite.installed_voices()

@@ -8,11 +8,13 @@ sound like particular people, which is what the avatar has to follow.
 ``synthesize_many(jobs)`` returns, per (text, voice), 16 kHz float32 audio plus a phone timeline that
 tiles the signal exactly like ``espeak.Utterance.phonemes`` does. Decisions, and why:
 
-- **One Festival process per batch.** Festival's start-up (scheme init, voice load) costs ~0.3 s, longer
-  than synthesizing a sentence; a batch is one generated ``.scm`` script, run with ``festival -b``, that
-  selects each voice once (jobs grouped by voice in first-seen order, so the same batch always runs the
-  same calls) and writes per job a RIFF wav and a text file of ``name end_s`` lines from the ``Segment``
-  relation after ``utt.synth``. Those segment ends are the durations the waveform generator realised
+- **One Festival process per batch and language.** Festival's start-up (scheme init, voice load)
+  costs ~0.3 s, longer than synthesizing a sentence; a batch is one generated ``.scm`` script per
+  language, run with ``festival -b``, that selects each voice once (jobs grouped by voice in
+  first-seen order, so the same batch always runs the same calls) and writes per job a RIFF wav and a
+  text file of ``name end_s`` lines from the ``Segment`` relation after ``utt.synth``. Languages get a
+  process each: a voice's front end changes global state that can break another language's voice
+  loaded after it. Those segment ends are the durations the waveform generator realised
   (diphone PSOLA stretches units to them; HTS generates frames for them), so they are the ground truth.
 - **Phones → IPA.** Each voice family has its own phone set; ``PHONE_SETS`` maps every phone of every
   set (taken from ``(PhoneSet.description)`` of the installed voices) to IPA that ``visemes.viseme_of``
@@ -277,10 +279,16 @@ _PRELUDE = b"""(Parameter.set 'Audio_Method 'none)
 """
 # Each job is written out at top level: Festival 2.5 segfaults when the Hindi front end runs inside a
 # user-defined function (``(define (say text) (utt.synth (Utterance Text text)))``), at top level not.
-_JOB = """(set! sa_u (Utterance Text {text}))
-(utt.synth sa_u)
-(utt.save.wave sa_u "{wav}" 'riff)
-(sa_dump_segments sa_u "{seg}")
+# Each job runs under ``unwind-protect``: a text one voice's front end cannot read (the Italian voices
+# fail on some English word sequences with "wrong type of argument to get_c_val") writes no files and
+# the script goes on with the next job.
+_JOB = """(unwind-protect
+ (begin
+  (set! sa_u (Utterance Text {text}))
+  (utt.synth sa_u)
+  (utt.save.wave sa_u "{wav}" 'riff)
+  (sa_dump_segments sa_u "{seg}"))
+ (format t "sa_failed {index}\\n"))
 """
 
 
@@ -314,12 +322,14 @@ def _timeline(phones: Sequence[tuple[str, float]], phone_set: str, n: int) -> tu
     return tuple(Phoneme(str(s), int(a), int(b)) for s, a, b in out)  # type: ignore[call-overload]
 
 
-def synthesize_many(jobs: Sequence[tuple[str, str]]) -> list[Utterance]:
+def synthesize_many(jobs: Sequence[tuple[str, str]], *, skip_failed: bool = False) -> list[Utterance | None]:
     """Synthesize (text, voice) jobs in one Festival process; results in job order.
 
-    Jobs are grouped by voice (first-seen order) so each voice loads once. Raises ValueError for an
+    Jobs are grouped by voice (first-seen order) so each voice loads once, one process per language.
+    Raises ValueError for an
     unknown voice or text the voice cannot encode, FestivalUnavailableError when festival or the voice
-    is not installed, RuntimeError when festival fails.
+    is not installed, RuntimeError when festival fails, or when one job's text fails in the voice's
+    front end (with ``skip_failed`` that job's result is None instead and the others are kept).
     """
     if not jobs:
         return []
@@ -333,28 +343,40 @@ def synthesize_many(jobs: Sequence[tuple[str, str]]) -> list[Utterance]:
         pkgs = " ".join(VOICES[m].package for m in missing)
         raise FestivalUnavailableError(f"Festival voice(s) {missing} not installed: apt-get install {pkgs}")
     order = sorted(range(len(jobs)), key=lambda i: [v.name for v in voices].index(voices[i].name))
+    # One Festival process per language: a voice's front end changes Festival's global state (phone
+    # features, lexicon hooks), and a voice of another language loaded after it can fail (the Russian
+    # voice breaks the Finnish ones: "Phone v does not have feature csoft"). Within a language the
+    # voices share a front end and one process serves them all.
+    languages = list(dict.fromkeys(voices[i].language for i in order))
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="festival-out-") as tmp:
         out_dir = Path(tmp)
-        script = [_PRELUDE]
-        current = None
-        for i in order:
-            voice = voices[i]
-            if voice.name != current:
-                script.append(f"(voice_{voice.name})\n".encode("ascii"))
-                current = voice.name
-            wav, seg = out_dir / f"{i}.wav", out_dir / f"{i}.seg"
-            head, tail = _JOB.encode("ascii").split(b"{text}")
-            script.append(
-                head + _prepare_text(jobs[i][0], voice) + tail.decode().format(wav=wav, seg=seg).encode()
-            )
-        _run_festival(b"".join(script), STARTUP_TIMEOUT_S + PER_JOB_TIMEOUT_S * len(jobs))
+        for language in languages:
+            script = [_PRELUDE]
+            current = None
+            group = [i for i in order if voices[i].language == language]
+            for i in group:
+                voice = voices[i]
+                if voice.name != current:
+                    script.append(f"(voice_{voice.name})\n".encode("ascii"))
+                    current = voice.name
+                wav, seg = out_dir / f"{i}.wav", out_dir / f"{i}.seg"
+                head, tail = _JOB.encode("ascii").split(b"{text}")
+                script.append(
+                    head
+                    + _prepare_text(jobs[i][0], voice)
+                    + tail.decode().format(wav=wav, seg=seg, index=i).encode()
+                )
+            _run_festival(b"".join(script), STARTUP_TIMEOUT_S + PER_JOB_TIMEOUT_S * len(group))
         wall = time.perf_counter() - t0
-        results = []
+        results: list[Utterance | None] = []
         for i, ((text, name), voice) in enumerate(zip(jobs, voices, strict=True)):
             wav, seg = out_dir / f"{i}.wav", out_dir / f"{i}.seg"
             if not wav.is_file() or not seg.is_file():
-                raise RuntimeError(f"festival wrote no audio for {text!r} ({name})")
+                if skip_failed:
+                    results.append(None)
+                    continue
+                raise RuntimeError(f"festival cannot synthesize {text!r} with {name} (its front end failed)")
             raw, rate = _read_wav(wav)
             samples = raw if rate == SAMPLE_RATE_HZ else resample(raw, rate, SAMPLE_RATE_HZ)
             samples = np.ascontiguousarray(samples, dtype=np.float32)
@@ -380,4 +402,6 @@ def synthesize_many(jobs: Sequence[tuple[str, str]]) -> list[Utterance]:
 
 def synthesize(text: str, voice: str = "cmu_us_slt_arctic_hts") -> Utterance:
     """One utterance (a Festival process of its own: prefer ``synthesize_many`` for many)."""
-    return synthesize_many([(text, voice)])[0]
+    utt = synthesize_many([(text, voice)])[0]
+    assert utt is not None  # skip_failed is off: a failure raised
+    return utt
