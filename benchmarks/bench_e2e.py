@@ -187,6 +187,16 @@ def _pct(values: list[float], qs: tuple[int, ...]) -> dict[str, float | None]:
     return {f"p{q}": round(float(np.percentile(values, q)), 1) for q in qs}
 
 
+def first_open_frame(rig_t: np.ndarray, rig_k: np.ndarray, rig_jaw: np.ndarray, sent: float) -> int | None:
+    """Index (into the rig arrays) of the first rig after ``sent`` with the mouth open within
+    MISS_AFTER_S; None when the mouth was already open just before (no onset to time) or never opens."""
+    before = rig_jaw[(rig_t >= sent - 0.12) & (rig_t < sent)]
+    window = np.flatnonzero((rig_t >= sent) & (rig_t < sent + MISS_AFTER_S) & (rig_jaw > JAW_OPEN))
+    if before.size == 0 or before.max() > JAW_OPEN or window.size == 0:
+        return None
+    return int(window[0])
+
+
 def analyse(client: AvatarClient, stim: Stimulus) -> dict[str, Any]:
     rec = client.received
     video = list(rec.video)
@@ -207,17 +217,14 @@ def analyse(client: AvatarClient, stim: Stimulus) -> dict[str, Any]:
     after_sound: list[float] = []
     missed = 0
     for onset in stim.onsets:
+        assert client.source is not None
         sent = client.source.sent_time_of(onset)
-        if sent is None:
+        i = None if sent is None else first_open_frame(rig_t, rig_k, rig_jaw, sent)
+        if sent is None or i is None:
             missed += 1
             continue
-        before = rig_jaw[(rig_t >= sent - 0.12) & (rig_t < sent)]
-        window = np.flatnonzero((rig_t >= sent) & (rig_t < sent + MISS_AFTER_S) & (rig_jaw > JAW_OPEN))
-        if before.size == 0 or before.max() > JAW_OPEN or window.size == 0:
-            missed += 1
-            continue
-        k = int(rig_k[window[0]])
-        arrival = video_at.get(k, float(rig_t[window[0]]))
+        k = int(rig_k[i])
+        arrival = video_at.get(k, float(rig_t[i]))
         latencies.append(1000.0 * (arrival - sent))
         # The burst's first loud received packet, searched from 0.5 s before the mouth frame.
         loud = [j for j in range(k - FPS // 2, k + FPS // 2) if audio_rms.get(j, 0.0) > 8 * NOISE_RMS]

@@ -24,6 +24,7 @@ TOML layout (every key optional)::
     port = 8080
     latency_budget_ms = 80   # frames wait at most this long for their tick
     max_sessions = 4         # hard cap; below it, admission control refuses what the load cannot carry
+    max_viewers = 16         # watch-only viewers of running streams (each costs an encode)
     cpu_fraction = 0.8       # share of this process's cores that sessions may use in all (admission)
     audio_jitter_prefetch = 0  # 0: mic packets to the decoder on arrival; N: aiortc's buffer of N x 20 ms
 
@@ -126,6 +127,7 @@ class ServerConfig:
     port: int = 8080
     latency_budget_ms: int = 80
     max_sessions: int = 4
+    max_viewers: int = 16
     cpu_fraction: float = 0.8
     audio_jitter_prefetch: int = 0
 
@@ -136,6 +138,8 @@ class ServerConfig:
             raise ConfigError(f"latency_budget_ms must lie in 40..2000, got {self.latency_budget_ms}")
         if not 1 <= self.max_sessions <= 64:
             raise ConfigError(f"max_sessions must lie in 1..64, got {self.max_sessions}")
+        if not 0 <= self.max_viewers <= 1024:
+            raise ConfigError(f"max_viewers must lie in 0..1024, got {self.max_viewers}")
         if not 0.05 <= self.cpu_fraction <= 1.0:
             raise ConfigError(f"cpu_fraction must lie in 0.05..1, got {self.cpu_fraction}")
         if not 0 <= self.audio_jitter_prefetch <= 8:
@@ -165,6 +169,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "port": ("server", "port"),
     "latency_budget_ms": ("server", "latency_budget_ms"),
     "max_sessions": ("server", "max_sessions"),
+    "max_viewers": ("server", "max_viewers"),
     "cpu_fraction": ("server", "cpu_fraction"),
     "audio_jitter_prefetch": ("server", "audio_jitter_prefetch"),
 }
@@ -185,6 +190,7 @@ def _parse(section: str, name: str, value: object, origin: str) -> object:
         "port": int,
         "latency_budget_ms": int,
         "max_sessions": int,
+        "max_viewers": int,
         "audio_jitter_prefetch": int,
         "max_buffer_s": float,
         "cpu_fraction": float,

@@ -95,6 +95,26 @@ def test_late_frames_or_a_lagging_loop_refuse_newcomers_but_not_the_first() -> N
     a.check(2)
 
 
+def test_viewers_have_their_own_cap_and_are_refused_only_when_streams_are_behind() -> None:
+    m = Machine()
+    a = m.admission(prior_cores=0.9, max_sessions=1, max_viewers=3)
+    a.sample()
+    m.advance(1.0, 1.5)  # the machine is busy: no room for another session ...
+    m.loads = [SessionLoad("s0", True, 25, 0)]
+    a.sample()
+    with pytest.raises(Refusal):
+        a.check(1)
+    for n in range(3):  # ... but viewers (an encode each) come in while the stream keeps up
+        a.check_viewer(n)
+    with pytest.raises(Refusal, match=r"viewer limit \(3\)"):
+        a.check_viewer(3)
+    m.advance(1.0, 1.5)
+    m.loads = [SessionLoad("s0", True, 50, 2)]  # 2 of 25 late in the last second
+    a.sample()
+    with pytest.raises(Refusal, match="streams are already behind"):
+        a.check_viewer(0)
+
+
 def test_the_hard_cap_holds_with_measurement_off() -> None:
     m = Machine()
     a = m.admission(max_sessions=2, measured=False, prior_cores=5.0)

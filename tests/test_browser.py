@@ -21,6 +21,7 @@ import wave
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -169,6 +170,20 @@ async ({duration, interval, mouth, background}) => {
 """
 
 
+def _wait_live(page: Any, sync_api: ModuleType, console: list[str]) -> None:
+    """Until the page is live with a decoded frame; else fail with its state, message and console."""
+    try:
+        page.wait_for_function(
+            "() => window.streamAvatar.state === 'live' && window.streamAvatar.framesDecoded > 0"
+            " && document.getElementById('video').videoWidth > 0",
+            timeout=LIVE_TIMEOUT_MS,
+        )
+    except sync_api.TimeoutError:
+        state = page.evaluate("() => [window.streamAvatar.state, window.streamAvatar.errors]")
+        message = page.text_content("#message")
+        pytest.fail(f"not live within {LIVE_TIMEOUT_MS} ms: {state}, {message!r}, console {console}")
+
+
 def _best_lagged_correlation(jaw: np.ndarray, mouth: np.ndarray) -> float:
     """Max over lags of corr(jaw[t - lag], |mouth[t] - mouth at the lowest jaw|); jaw (n,), mouth (n, px)."""
     valid = ~np.isnan(jaw)
@@ -204,18 +219,9 @@ def test_browser_talks(chromium: tuple[str, ModuleType], server_url: str, mic_wa
             assert page.input_value("#emotion") == "auto"
             assert page.is_disabled("#intensity") and page.is_disabled("#mix-auto")
             page.click("#connect")
-            try:
-                page.wait_for_function(
-                    "() => window.streamAvatar.state === 'live' && window.streamAvatar.framesDecoded > 0"
-                    " && document.getElementById('video').videoWidth > 0",
-                    timeout=LIVE_TIMEOUT_MS,
-                )
-            except sync_api.TimeoutError:
-                state = page.evaluate("() => [window.streamAvatar.state, window.streamAvatar.errors]")
-                message = page.text_content("#message")
-                pytest.fail(f"not live within {LIVE_TIMEOUT_MS} ms: {state}, {message!r}, console {console}")
+            _wait_live(page, sync_api, console)
             hello = page.evaluate("window.streamAvatar.hello")
-            assert hello["protocol"] == 2 and hello["emotion"] == "auto", hello  # the server's default
+            assert hello["protocol"] == 3 and hello["emotion"] == "auto", hello  # the server's default
             r = page.evaluate(
                 CAPTURE_JS,
                 {
@@ -312,3 +318,50 @@ def test_a_refused_session_tells_the_visitor_why(chromium: tuple[str, ModuleType
                 assert "session limit (1)" in text, text
             finally:
                 browser.close()
+
+
+def test_a_viewer_watches_a_pcm_stream_without_a_microphone(
+    chromium: tuple[str, ModuleType], tmp_path: Path, speech_bursts: SpeechBursts
+) -> None:
+    """`/?watch=ID`: a TTS-like client drives a stream over /pcm; the page (no microphone, no media
+    permission) shows it: video decoded, its voice playing, the mouth opening with the PCM."""
+    from websockets.sync.client import connect
+
+    exe, sync_api = chromium
+    pcm = np.clip(speech_bursts.samples * 32767.0, -32768, 32767).astype("<i2")
+    with _serve(tmp_path) as url, connect(url.replace("http", "ws") + "pcm", max_size=1 << 20) as ws:
+        hello = json.loads(ws.recv(timeout=30))
+        assert hello["type"] == "hello" and hello["watch"] == f"/?watch={hello['stream']}"
+        with sync_api.sync_playwright() as pw:
+            args = ["--autoplay-policy=no-user-gesture-required"]  # and no fake media devices
+            browser = pw.chromium.launch(executable_path=exe, headless=True, args=args)
+            try:
+                page = browser.new_page()
+                console: list[str] = []
+                page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+                page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+                page.goto(url.rstrip("/") + hello["watch"])
+                assert page.text_content("#connect") == "Watch" and page.is_disabled("#emotion")
+                page.click("#connect")
+                _wait_live(page, sync_api, console)
+                for _ in range(2):  # the bursts twice, each sent at once like a TTS sentence
+                    ws.send(json.dumps({"type": "utterance", "sample_rate": speech_bursts.sample_rate_hz}))
+                    ws.send(pcm.tobytes())
+                    ws.send(json.dumps({"type": "end"}))
+                jaws: list[float] = []
+                t_end = time.monotonic() + 2 * speech_bursts.samples.size / speech_bursts.sample_rate_hz
+                while time.monotonic() < t_end:
+                    jaw = page.evaluate("window.streamAvatar.lastRig?.rig?.jawOpen ?? null")
+                    if jaw is not None:
+                        jaws.append(float(jaw))
+                    time.sleep(0.05)
+                live = page.evaluate(
+                    "() => window.streamAvatar.snapshot().then((s) => ({s,"
+                    " rig: window.streamAvatar.rigMessages, errors: window.streamAvatar.errors}))"
+                )
+            finally:
+                browser.close()
+    assert not live["errors"], live["errors"]
+    assert live["rig"] > 100 and live["s"]["framesDecoded"] > 100, live
+    assert live["s"]["audioSamplesReceived"] > OPUS_RATE_HZ * 5, live
+    assert len(jaws) > 50 and max(jaws) > 0.3 and min(jaws) < 0.05, (min(jaws), max(jaws))

@@ -1,7 +1,7 @@
 // The page: buttons, the remote video, the stats panel, the emotion controls and the rig and emotion
 // bars. Signaling and WebRTC live in session.js, getStats digestion in stats.js.
 
-import { AvatarSession } from "./session.js";
+import { AvatarSession, signalingUrl } from "./session.js";
 import { StatsSampler, readCounters } from "./stats.js";
 
 const $ = (id) => document.getElementById(id);
@@ -61,6 +61,14 @@ const live = {
 };
 window.streamAvatar = live;
 
+// `/?watch=STREAM_ID`: a viewer of a running stream (a presenter's session or a PCM-driven one):
+// no microphone, no controls; the stream's video, voice and rig come down.
+const WATCH = (() => {
+  const id = new URLSearchParams(window.location.search).get("watch");
+  return id && /^[0-9a-f]{12}$/.test(id) ? id : null;
+})();
+live.watch = WATCH;
+
 let current = null; // {session, mic, sampler, timer}
 let emotionPicked = false; // an emotion was chosen on this page; else the menu shows the server's
 
@@ -71,9 +79,11 @@ function setState(state) {
   const busy = state !== "idle" && state !== "failed";
   ui.connect.disabled = busy;
   ui.disconnect.disabled = !busy;
-  ui.interrupt.disabled = state !== "live";
-  ui.avatarSwitch.disabled = state !== "live";
-  ui.reference.disabled = state !== "live";
+  const controls = state === "live" && !WATCH;
+  ui.interrupt.disabled = !controls;
+  ui.avatarSwitch.disabled = !controls;
+  ui.reference.disabled = !controls;
+  ui.emotion.disabled = Boolean(WATCH);
 }
 
 function showMessage(text, kind = "error") {
@@ -112,27 +122,29 @@ function micError(err) {
 async function connect() {
   showMessage("");
   setState("connecting");
-  let mic;
-  try {
-    if (!navigator.mediaDevices?.getUserMedia) throw new Error("no getUserMedia");
-    mic = await navigator.mediaDevices.getUserMedia(MIC_CONSTRAINTS);
-  } catch (err) {
-    showMessage(micError(err));
-    setState("idle");
-    return;
+  let mic = null;
+  if (!WATCH) {
+    try {
+      if (!navigator.mediaDevices?.getUserMedia) throw new Error("no getUserMedia");
+      mic = await navigator.mediaDevices.getUserMedia(MIC_CONSTRAINTS);
+    } catch (err) {
+      showMessage(micError(err));
+      setState("idle");
+      return;
+    }
+    if (live.state !== "connecting") {
+      for (const t of mic.getTracks()) t.stop(); // disconnected while the permission prompt was open
+      return;
+    }
   }
-  if (live.state !== "connecting") {
-    for (const t of mic.getTracks()) t.stop(); // disconnected while the permission prompt was open
-    return;
-  }
-  const session = new AvatarSession();
+  const session = new AvatarSession(WATCH ? `${signalingUrl()}?watch=${WATCH}` : signalingUrl());
   const remote = new MediaStream();
   current = { session, mic, sampler: null, timer: null };
   wire(session, remote);
   try {
     live.hello = await session.open();
-    if (emotionPicked) sendEmotion();
-    await session.negotiate(mic);
+    if (emotionPicked && !WATCH) sendEmotion();
+    await session.negotiate(mic, { watch: WATCH });
   } catch (err) {
     if (current?.session === session) {
       teardown("failed");
@@ -147,8 +159,10 @@ async function connect() {
 
 function wire(session, remote) {
   session.addEventListener("hello", ({ detail: h }) => {
-    ui.session.textContent =
-      `session ${h.session} · ${h.fps} fps · ${h.size}² · avatar ${h.avatar} · budget ${h.latency_budget_ms} ms`;
+    ui.session.textContent = WATCH
+      ? `watching stream ${WATCH} · ${h.fps} fps · ${h.size}²`
+      : `session ${h.session} · ${h.fps} fps · ${h.size}² · avatar ${h.avatar} · budget ${h.latency_budget_ms} ms` +
+        ` · viewers: ${window.location.origin}/?watch=${h.session}`;
     // Show the server's starting emotion unless one was picked here already.
     if (!emotionPicked) showEmotionSpec(h.emotion);
   });
@@ -196,6 +210,11 @@ function wire(session, remote) {
   session.addEventListener("avatar", ({ detail: m }) => {
     showMessage(`Avatar now: ${m.avatar}`, "info");
     if (live.hello) live.hello.avatar = m.avatar;
+  });
+  session.addEventListener("ended", () => {
+    if (current?.session !== session) return;
+    teardown("idle");
+    showMessage("The stream ended.", "info");
   });
   session.addEventListener("servererror", ({ detail: e }) => {
     live.errors.push(e);
@@ -248,7 +267,7 @@ function teardown(state = "idle") {
   if (c) {
     clearInterval(c.timer);
     c.session.close();
-    for (const t of c.mic.getTracks()) t.stop();
+    for (const t of c.mic?.getTracks() ?? []) t.stop();
   }
   ui.video.srcObject = null;
   ui.video.muted = false;
@@ -330,7 +349,7 @@ function emotionSpec() {
   return ui.mixAuto.checked ? `auto+${term}` : term;
 }
 function syncEmotionControls() {
-  const operator = ui.emotion.value !== "auto" && ui.emotion.value !== "neutral";
+  const operator = !WATCH && ui.emotion.value !== "auto" && ui.emotion.value !== "neutral";
   ui.intensity.disabled = !operator; // auto and neutral have no intensity here
   ui.mixAuto.disabled = !operator;
   ui.intensityValue.textContent = Number(ui.intensity.value).toFixed(2);
@@ -398,5 +417,9 @@ ui.unmute.addEventListener("click", () => {
   play();
 });
 window.addEventListener("pagehide", () => teardown("idle"));
+if (WATCH) {
+  ui.connect.textContent = "Watch";
+  ui.session.textContent = `stream ${WATCH}: press Watch (no microphone is used)`;
+}
 setState("idle");
 syncEmotionControls();

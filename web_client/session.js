@@ -1,6 +1,8 @@
-// One avatar session: the signaling WebSocket and the RTCPeerConnection (docs/protocol.md, version 2).
+// One avatar session: the signaling WebSocket and the RTCPeerConnection (docs/protocol.md, version 3).
+// A presenter sends the microphone; a viewer (`negotiate(null, {watch: STREAM_ID})`) only receives.
 //
-// Events (CustomEvent, payload in `detail`): "hello", "stats", "cleared", "avatar", "emotion", "servererror"
+// Events (CustomEvent, payload in `detail`): "hello", "stats", "cleared", "avatar", "emotion", "ended"
+// (the watched stream ended), "servererror"
 // (the server's `error` messages: shown, never thrown), "rtt" (ms, from ping/pong), "rig" (one data
 // channel message), "track" (a remote MediaStreamTrack), "connectionstate" (pc.connectionState),
 // "closed" (the WebSocket closed; `detail` says why).
@@ -13,7 +15,7 @@ const ANSWER_TIMEOUT_MS = 20000;
 const ICE_GATHER_CAP_MS = 3000;
 const PING_INTERVAL_MS = 1000;
 // Errors that end the negotiation (the others leave the session running).
-const OFFER_ERRORS = new Set(["bad_offer", "already_negotiated"]);
+const OFFER_ERRORS = new Set(["bad_offer", "already_negotiated", "unknown_stream"]);
 
 export function signalingUrl(loc = window.location) {
   return `${loc.protocol === "https:" ? "wss:" : "ws:"}//${loc.host}/ws`;
@@ -28,6 +30,9 @@ async function refusalReason(wsUrl) {
     const url = new URL("/status", wsUrl.replace(/^ws/, "http"));
     const res = await fetch(url, { cache: "no-store" });
     const status = await res.json();
+    if (new URL(wsUrl).searchParams.has("watch")) {
+      return status.accepting_viewers ? null : `server busy: ${status.viewer_reason}`;
+    }
     return status.accepting ? null : `server busy: ${status.reason}`;
   } catch {
     return null;
@@ -107,16 +112,24 @@ export class AvatarSession extends EventTarget {
     if (this.ws?.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
   }
 
-  /** Creates the peer connection for the microphone stream, sends the offer and applies the answer. */
-  async negotiate(micStream) {
+  /**
+   * Creates the peer connection, sends the offer and applies the answer: with `micStream` the
+   * microphone goes up and the avatar comes down; with `{watch: id}` (no microphone) the running
+   * stream `id` comes down only.
+   */
+  async negotiate(micStream, { watch = null } = {}) {
     const pc = new RTCPeerConnection({ iceServers: [] });
     this.pc = pc;
     pc.ontrack = (ev) => this.emit("track", ev.track);
     pc.onconnectionstatechange = () => this.emit("connectionstate", pc.connectionState);
 
     // m-line order: audio (mic up, avatar voice down), video (down only), then the data channel.
-    const [mic] = micStream.getAudioTracks();
-    pc.addTransceiver(mic, { direction: "sendrecv", streams: [micStream] });
+    if (watch) {
+      pc.addTransceiver("audio", { direction: "recvonly" });
+    } else {
+      const [mic] = micStream.getAudioTracks();
+      pc.addTransceiver(mic, { direction: "sendrecv", streams: [micStream] });
+    }
     pc.addTransceiver("video", { direction: "recvonly" });
     // A late rig frame is useless: unordered, no retransmission.
     const rig = pc.createDataChannel("rig", { ordered: false, maxRetransmits: 0 });
@@ -133,7 +146,7 @@ export class AvatarSession extends EventTarget {
     const answer = new Promise((resolve, reject) => {
       this._answer = { resolve, reject };
     });
-    this.send({ type: "offer", sdp: pc.localDescription.sdp });
+    this.send(watch ? { type: "offer", sdp: pc.localDescription.sdp, watch } : { type: "offer", sdp: pc.localDescription.sdp });
     const sdp = await withTimeout(answer, ANSWER_TIMEOUT_MS, "no answer from the server");
     await pc.setRemoteDescription({ type: "answer", sdp });
     this._pingTimer = setInterval(() => this.send({ type: "ping", t: performance.now() }), PING_INTERVAL_MS);
@@ -170,6 +183,9 @@ export class AvatarSession extends EventTarget {
       case "error":
         if (OFFER_ERRORS.has(msg.code)) this._fail(new Error(`offer refused: ${msg.message ?? msg.code}`));
         this.emit("servererror", msg);
+        break;
+      case "stream_ended":
+        this.emit("ended", msg);
         break;
       case "stats":
       case "cleared":

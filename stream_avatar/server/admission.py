@@ -17,7 +17,10 @@ A new session is refused (``Refusal``: HTTP 503 with an ``error`` of code ``busy
 the message) when the hard cap ``max_sessions`` is reached; when ``idle + (sessions + 1) × cost``
 would exceed ``cpu_fraction`` of the cores this process may run on; or when the running sessions are
 already unhealthy (more than ``max_late_ratio`` late frames in the last second, or the loop lagging
-by more than ``max_loop_lag_s``). Before any session has streamed, the cost is ``prior_cores``
+by more than ``max_loop_lag_s``). A viewer of a running stream (``watch``) costs an encode, not a
+render: viewers have their own cap (``max_viewers``) and are refused only when the running streams
+are unhealthy (the same two bounds); what they cost shows in the machine's measured load, which the
+next session's admission reads. Before any session has streamed, the cost is ``prior_cores``
 (measured at start by ``calibrate``, or given); once sessions stream, the larger of the measured
 cost and half the prior (a quiet session is cheap, but speech makes it cost more again).
 
@@ -81,6 +84,7 @@ class AdmissionSettings:
 
     max_sessions: int = 4
     cpu_fraction: float = 0.8
+    max_viewers: int = 16
     prior_cores: float | None = None
     max_late_ratio: float = 0.01
     max_loop_lag_s: float = 0.1
@@ -90,6 +94,8 @@ class AdmissionSettings:
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1, got {self.max_sessions}")
+        if self.max_viewers < 0:
+            raise ValueError(f"max_viewers must be >= 0, got {self.max_viewers}")
         if not 0.05 <= self.cpu_fraction <= 1.0:
             raise ValueError(f"cpu_fraction must lie in 0.05..1, got {self.cpu_fraction}")
         if self.prior_cores is not None and not self.prior_cores > 0:
@@ -214,6 +220,24 @@ class Admission:
                 f"the budget is {budget:.2f}"
             )
         return reason
+
+    def viewer_reason(self, viewers: int) -> str | None:
+        """Why one more viewer beyond ``viewers`` would be refused now (None: it would be let in)."""
+        s = self.settings
+        if viewers >= s.max_viewers:
+            return f"the server is at its viewer limit ({s.max_viewers})"
+        if s.measured and self.late_ratio > s.max_late_ratio:
+            return f"the running streams are already behind ({self.late_ratio:.0%} late frames)"
+        if s.measured and self.loop_lag_s > s.max_loop_lag_s:
+            return f"the server is overloaded (event loop {self.loop_lag_s * 1000:.0f} ms behind)"
+        return None
+
+    def check_viewer(self, viewers: int) -> None:
+        reason = self.viewer_reason(viewers)
+        if reason is not None:
+            self.refused += 1
+            logger.warning("viewer refused", extra={"reason": reason, "viewers": viewers})
+            raise Refusal(reason)
 
     def snapshot(self) -> dict[str, float | int | None]:
         cost = self.session_cost()

@@ -1,8 +1,10 @@
 """The server: HTTP for the browser client and a WebSocket per session, on one port, in one process.
 
-``websockets`` serves both: requests to ``/ws`` become WebSocket sessions; any other GET is answered
-from ``web_client/`` by ``process_request`` (a handful of static files; no framework needed). Static
-paths are validated against an allow-list of names in that folder, never joined from raw input.
+``websockets`` serves both: requests to ``/ws`` become WebSocket sessions (a presenter's microphone,
+or a watch-only viewer of a running stream); requests to ``/pcm`` become PCM-driven streams (TTS,
+voice agents: ``stream.PcmStream``); any other GET is answered from ``web_client/`` by
+``process_request`` (a handful of static files; no framework needed). Static paths are validated
+against an allow-list of names in that folder, never joined from raw input.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import mimetypes
 import signal
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -28,11 +31,13 @@ from stream_avatar.config import Config
 from stream_avatar.server import protocol
 from stream_avatar.server.admission import Admission, AdmissionSettings, Refusal, calibrate
 from stream_avatar.server.session import Session, SessionSettings
+from stream_avatar.server.stream import Broadcast, PcmStream
 
 logger = logging.getLogger(__name__)
 
 WEB_CLIENT_DIR = Path(__file__).resolve().parents[2] / "web_client"
 WS_PATH = "/ws"
+PCM_PATH = "/pcm"  # a stream driven by PCM over this WebSocket (``?avatar=ID`` optional)
 STATUS_PATH = "/status"  # JSON: would a session be let in now, why not, and the measured load
 STATIC_SUFFIXES = {".html", ".js", ".mjs", ".css", ".png", ".svg", ".ico", ".json", ".webmanifest"}
 # WebSocket messages beyond this are refused by websockets itself (connection closed with 1009); below
@@ -50,6 +55,7 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     max_sessions: int = 4
+    max_viewers: int = 16
     cpu_fraction: float = 0.8
     prior_session_cores: float | None = None
     measured_admission: bool = True
@@ -80,6 +86,7 @@ class AvatarServer:
         self.default_avatar = default_avatar
         self.web_root = web_root.resolve()
         self.sessions: dict[str, Session] = {}
+        self.streams: dict[str, PcmStream] = {}
         self._server: Server | None = None
         self._avatars: dict[str, Any] = {}
         self._avatar_lock = asyncio.Lock()
@@ -87,11 +94,15 @@ class AvatarServer:
         self.admission = Admission(
             AdmissionSettings(
                 max_sessions=settings.max_sessions,
+                max_viewers=settings.max_viewers,
                 cpu_fraction=settings.cpu_fraction,
                 prior_cores=settings.prior_session_cores,
                 measured=settings.measured_admission,
             ),
-            lambda: [s.load() for s in list(self.sessions.values())],
+            lambda: (
+                [s.load() for s in list(self.sessions.values())]
+                + [s.load() for s in list(self.streams.values())]
+            ),
         )
         self._admitted: list[float] = []  # monotonic times of upgrades admitted, not yet registered
         self._sampler: asyncio.Task[Any] | None = None
@@ -175,7 +186,14 @@ class AvatarServer:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
-        if path == WS_PATH:
+        if path == WS_PATH and "watch" in urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query):
+            try:  # a viewer says so at the upgrade (``/ws?watch=ID``): it needs an encode, not an engine
+                self.admission.check_viewer(self._viewers())
+            except Refusal as exc:
+                body = json.dumps(protocol.error_message("busy", str(exc)))
+                return _response(HTTPStatus.SERVICE_UNAVAILABLE, body.encode(), "application/json")
+            return None
+        if path in (WS_PATH, PCM_PATH):
             try:
                 self.admission.check(self._open_sessions())
             except Refusal as exc:
@@ -191,16 +209,26 @@ class AvatarServer:
         """Registered sessions plus upgrades admitted but not registered yet (expired ones dropped)."""
         now = asyncio.get_running_loop().time()
         self._admitted = [t for t in self._admitted if now - t < ADMITTED_HOLD_S]
-        return len(self.sessions) + len(self._admitted)
+        presenters = sum(1 for s in self.sessions.values() if not s.watching)
+        return presenters + len(self.streams) + len(self._admitted)
+
+    def _viewers(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.watching)
 
     def _status(self) -> Response:
         """What a browser cannot read from a refused WebSocket upgrade: whether one more session
         would be let in now, the reason if not, and the load admission control measures."""
         reason = self.admission.reason(self._open_sessions())
+        viewer_reason = self.admission.viewer_reason(self._viewers())
         body = {
             "accepting": reason is None,
             "reason": reason,
-            "sessions": len(self.sessions),
+            "accepting_viewers": viewer_reason is None,
+            "viewer_reason": viewer_reason,
+            "sessions": len(self.sessions) - self._viewers(),
+            "streams": len(self.streams),
+            "viewers": self._viewers(),
+            "max_viewers": self.settings.max_viewers,
             "max_sessions": self.settings.max_sessions,
             **self.admission.snapshot(),
         }
@@ -208,15 +236,37 @@ class AvatarServer:
 
     # ---------------------------------------------------------------------------- sessions
 
+    def find_stream(self, stream_id: str) -> Broadcast | None:
+        """The outputs of a running stream, for a viewer: a PCM stream, or a presenter's session."""
+        stream = self.streams.get(stream_id)
+        if stream is not None and not stream.closed:
+            return stream.broadcast
+        session = self.sessions.get(stream_id)
+        if session is not None and session.playout is not None and not session.closed:
+            return session.broadcast
+        return None
+
     async def _handler(self, ws: ServerConnection) -> None:
+        if ws.request is not None and ws.request.path.split("?", 1)[0] == PCM_PATH:
+            await self._pcm_handler(ws)
+            return
+
         async def send(message: dict[str, Any]) -> None:
             await ws.send(json.dumps(message, separators=(",", ":")))
 
         session = Session(
-            send, self._engine_for, self._renderer_for, self.settings.session, self.default_avatar
+            send,
+            self._engine_for,
+            self._renderer_for,
+            self.settings.session,
+            self.default_avatar,
+            find_stream=self.find_stream,
         )
+        assert ws.request is not None
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(ws.request.path).query)
+        session.watch_hint = "watch" in query  # admitted as a viewer (see _process_request)
         self.sessions[session.id] = session
-        if self._admitted:
+        if self._admitted and not session.watch_hint:
             self._admitted.pop(0)
 
         def closed(s: Session) -> None:
@@ -237,6 +287,53 @@ class AvatarServer:
             pass
         finally:
             await session.close()
+            await ws.close()
+
+    async def _pcm_handler(self, ws: ServerConnection) -> None:
+        """One PCM stream per ``/pcm`` connection; it ends (and its viewers with it) when the socket
+        closes."""
+
+        async def send(message: dict[str, Any]) -> None:
+            await ws.send(json.dumps(message, separators=(",", ":")))
+
+        assert ws.request is not None
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(ws.request.path).query)
+        avatar = query.get("avatar", [self.default_avatar])[0]
+        if self._admitted:
+            self._admitted.pop(0)
+        if not protocol.AVATAR_ID.match(avatar):
+            await send(protocol.error_message("unknown_avatar", "avatar must be an enrolled id or default"))
+            await ws.close()
+            return
+        settings = self.settings.session
+        stream = PcmStream(
+            send,
+            self._engine_for,
+            fps=settings.fps,
+            size=settings.size,
+            latency_budget_ms=settings.latency_budget_ms,
+            emotion=settings.emotion,
+            avatar_id=avatar,
+        )
+        self.streams[stream.id] = stream
+
+        def closed(s: PcmStream) -> None:
+            self.streams.pop(s.id, None)
+
+        stream.on_closed = closed
+        logger.info("pcm stream opened", extra={"stream": stream.id, "remote": str(ws.remote_address)})
+        try:
+            try:
+                await stream.start()
+            except ValueError as exc:  # an unknown avatar id
+                await send(protocol.error_message("unknown_avatar", str(exc)))
+                return
+            async for raw in ws:
+                await stream.handle(raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            await stream.close()
             await ws.close()
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -271,7 +368,9 @@ class AvatarServer:
             self._sampler = None
         if self._server is not None:
             self._server.close(close_connections=False)
-        await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
+        closing = [s.close() for s in list(self.streams.values())]
+        closing += [s.close() for s in list(self.sessions.values())]
+        await asyncio.gather(*closing, return_exceptions=True)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -345,6 +444,7 @@ def build_server(cfg: Config) -> AvatarServer:
         host=cfg.server.host,
         port=cfg.server.port,
         max_sessions=cfg.server.max_sessions,
+        max_viewers=cfg.server.max_viewers,
         cpu_fraction=cfg.server.cpu_fraction,
         session=SessionSettings(
             fps=cfg.engine.fps,

@@ -1,8 +1,13 @@
-"""A Python WebRTC client of the server: the loopback tests and the end-to-end benchmark use it, and a
-voice agent can use it to stream PCM to an avatar and receive the video.
+"""Python clients of the server: the loopback tests and the end-to-end benchmark use them, and a voice
+agent can use them to drive an avatar with its TTS audio and to watch it.
 
-It is a real peer (aiortc), signaling through the real WebSocket protocol (docs/protocol.md). Everything
-received is recorded with its arrival time on this process's monotonic clock, in bounded buffers.
+- ``AvatarClient``: a real WebRTC peer (aiortc), signaling through the real WebSocket protocol
+  (docs/protocol.md). It sends a microphone (``PcmSource``) and receives the avatar, or, with
+  ``watch=STREAM_ID``, only receives a running stream (a viewer). Everything received is recorded
+  with its arrival time on this process's monotonic clock, in bounded buffers.
+- ``PcmPublisher``: the PCM endpoint (``/pcm``): opens a stream, sends utterances of raw PCM (paced
+  or in bursts), ``clear`` for barge-in, and records the stream's events (``playback_started``,
+  ``playback_finished``, ``speaking``, ``idle``...) with their arrival times.
 """
 
 from __future__ import annotations
@@ -155,9 +160,21 @@ class AvatarClient:
     count frames of the session media clock.
     """
 
-    def __init__(self, url: str, source: PcmSource, keep_frames: int = 0, browser_like: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        source: PcmSource | None,
+        keep_frames: int = 0,
+        browser_like: bool = True,
+        watch: str | None = None,
+    ) -> None:
+        if (source is None) == (watch is None):
+            raise ValueError(
+                "give a source (a presenter's microphone) or watch=STREAM_ID (a viewer), not both"
+            )
         self.url = url.rstrip("/")
         self.source = source
+        self.watch = watch
         self.keep_frames = keep_frames
         self.browser_like = browser_like
         self.received = Received()
@@ -170,7 +187,8 @@ class AvatarClient:
 
     @property
     def ws_url(self) -> str:
-        return self.url.replace("http://", "ws://").replace("https://", "wss://") + "/ws"
+        base = self.url.replace("http://", "ws://").replace("https://", "wss://") + "/ws"
+        return base + (f"?watch={self.watch}" if self.watch is not None else "")
 
     async def connect(self, timeout_s: float = 20.0) -> None:
         self._ws = await websockets.connect(self.ws_url, max_size=1 << 20)
@@ -178,7 +196,10 @@ class AvatarClient:
         self._tasks.append(asyncio.ensure_future(self._read_ws()))
         pc = RTCPeerConnection()
         self.pc = pc
-        pc.addTransceiver(self.source, direction="sendrecv")
+        if self.source is not None:
+            pc.addTransceiver(self.source, direction="sendrecv")
+        else:
+            pc.addTransceiver("audio", direction="recvonly")
         pc.addTransceiver("video", direction="recvonly")
         if self.browser_like:
             receive_like_a_browser(pc)
@@ -194,8 +215,13 @@ class AvatarClient:
             self._tasks.append(asyncio.ensure_future(reader))
 
         await pc.setLocalDescription(await pc.createOffer())
-        await self.send({"type": "offer", "sdp": pc.localDescription.sdp})
+        offer: dict[str, Any] = {"type": "offer", "sdp": pc.localDescription.sdp}
+        if self.watch is not None:
+            offer["watch"] = self.watch
+        await self.send(offer)
         answer = await self.reply("answer", timeout_s)
+        if answer.get("type") == "error":
+            raise RuntimeError(f"the server refused the offer: {answer.get('code')}: {answer.get('message')}")
         self.answered_at = time.monotonic()
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
 
@@ -260,3 +286,123 @@ class AvatarClient:
             await self.pc.close()
         if self._ws is not None:
             await self._ws.close()
+
+
+class PcmPublisher:
+    """Drive a stream with raw PCM over ``/pcm`` (docs/protocol.md, "PCM ingest").
+
+    ``await connect()`` → the ``hello`` (its ``stream`` is what viewers watch); ``await say(samples,
+    rate)`` sends one utterance (int16 or float32 mono; ``paced``: in ``chunk_ms`` pieces at real time,
+    like a streaming TTS; else in one burst, like a TTS that returns a sentence at once); ``await
+    clear()`` interrupts. Every message from the server is kept in ``events`` as (monotonic arrival,
+    message), bounded.
+    """
+
+    def __init__(self, url: str, avatar: str | None = None) -> None:
+        base = url.rstrip("/").replace("http://", "ws://").replace("https://", "wss://")
+        self.ws_url = base + "/pcm" + (f"?avatar={avatar}" if avatar else "")
+        self.hello: dict[str, Any] | None = None
+        self.events: deque[tuple[float, dict[str, Any]]] = deque(maxlen=10_000)
+        # (utterance id, first sample index in it, monotonic time sent) of every binary message.
+        self.sent: deque[tuple[str | None, int, float]] = deque(maxlen=100_000)
+        self._ws: Any = None
+        self._reader: asyncio.Task[Any] | None = None
+        self._arrived = asyncio.Event()
+
+    @property
+    def stream(self) -> str:
+        assert self.hello is not None, "connect() first"
+        return str(self.hello["stream"])
+
+    async def connect(self, timeout_s: float = 20.0) -> dict[str, Any]:
+        self._ws = await websockets.connect(self.ws_url, max_size=1 << 20)
+        hello = json.loads(await asyncio.wait_for(self._ws.recv(), timeout_s))
+        if hello.get("type") != "hello":
+            raise RuntimeError(f"the server refused the stream: {hello}")
+        self.hello = hello
+        self._reader = asyncio.ensure_future(self._read())
+        return hello
+
+    async def _read(self) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for raw in self._ws:
+                self.events.append((time.monotonic(), json.loads(raw)))
+                self._arrived.set()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self._ws.send(json.dumps(message))
+
+    async def say(
+        self,
+        samples: np.ndarray,
+        sample_rate_hz: int,
+        utterance_id: str | None = None,
+        *,
+        paced: bool = False,
+        chunk_ms: int = 20,
+    ) -> float:
+        """Send one utterance; returns the monotonic time its first samples were sent."""
+        pcm = np.asarray(samples)
+        if pcm.dtype != np.int16:
+            pcm = np.clip(np.rint(np.asarray(pcm, np.float32) * 32767), -32768, 32767).astype(np.int16)
+        header: dict[str, Any] = {"type": "utterance", "sample_rate": int(sample_rate_hz)}
+        if utterance_id is not None:
+            header["id"] = utterance_id
+        await self.send(header)
+        t0 = time.monotonic()
+        if paced:
+            n = max(1, sample_rate_hz * chunk_ms // 1000)
+            for i, start in enumerate(range(0, pcm.size, n)):
+                delay = t0 + i * n / sample_rate_hz - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await self._ws.send(pcm[start : start + n].astype("<i2").tobytes())
+                self.sent.append((utterance_id, start, time.monotonic()))
+        else:  # a burst, in messages of at most ~10 s at 48 kHz
+            step = (1 << 20) // 2
+            for start in range(0, pcm.size, step):
+                await self._ws.send(pcm[start : start + step].astype("<i2").tobytes())
+                self.sent.append((utterance_id, start, time.monotonic()))
+        await self.send({"type": "end"})
+        return t0
+
+    def sent_time_of(self, utterance_id: str | None, sample_index: int) -> float | None:
+        """When the message holding ``sample_index`` of that utterance was sent (paced sends)."""
+        best = None
+        for uid, start, t in self.sent:
+            if uid == utterance_id and start <= sample_index:
+                best = t
+            elif uid == utterance_id and start > sample_index:
+                break
+        return best
+
+    async def clear(self) -> float:
+        """Barge-in; returns the monotonic time ``clear`` was sent."""
+        t = time.monotonic()
+        await self.send({"type": "clear"})
+        return t
+
+    async def next_event(
+        self, kind: str, after: float = 0.0, timeout_s: float = 10.0, **match: Any
+    ) -> tuple[float, dict[str, Any]]:
+        """The first event of type ``kind`` (with the given field values) that arrived after ``after``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for t, msg in list(self.events):
+                if t >= after and msg.get("type") == kind and all(msg.get(k) == v for k, v in match.items()):
+                    return t, msg
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"no {kind} {match or ''} within {timeout_s} s; got {list(self.events)[-5:]}"
+                )
+            self._arrived.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader

@@ -150,6 +150,49 @@ class QueueTrack(MediaStreamTrack):
         self._ready.set()  # wake a pending recv() so it raises
 
 
+class FanOut:
+    """One playout's frames to several outgoing tracks: a stream's own peer connection and its viewers.
+
+    ``subscribe()`` adds a bounded ``QueueTrack`` (drop-oldest, see there); ``put`` hands every
+    subscribed track the same frame object (aiortc encodes per peer connection; the frame is only
+    read). Written here rather than using aiortc's ``MediaRelay``: its buffered mode queues without
+    a bound and its unbuffered mode keeps only the newest frame, which drops audio packets whenever
+    two arrive between reads; a QueueTrack per viewer is bounded and keeps every packet it can.
+    """
+
+    def __init__(self, kind: str, maxsize: int) -> None:
+        self.kind = kind
+        self.maxsize = maxsize
+        self.tracks: list[QueueTrack] = []
+
+    def subscribe(self) -> QueueTrack:
+        track = QueueTrack(self.kind, self.maxsize)
+        self.tracks.append(track)
+        return track
+
+    def unsubscribe(self, track: QueueTrack) -> None:
+        with contextlib.suppress(ValueError):
+            self.tracks.remove(track)
+        track.stop()
+
+    def put(self, frame: av.AudioFrame | av.VideoFrame) -> None:
+        for track in self.tracks:
+            track.put(frame)
+
+    def clear(self) -> None:
+        for track in self.tracks:
+            track.clear()
+
+    def stop(self) -> None:
+        for track in self.tracks:
+            track.stop()
+        self.tracks = []
+
+    @property
+    def dropped(self) -> int:
+        return sum(t.dropped for t in self.tracks)
+
+
 def audio_frame_s16(samples: np.ndarray, pts: int, sample_rate_hz: int = SAMPLE_RATE_HZ) -> av.AudioFrame:
     """(n,) float32 [-1, 1] mono -> an s16 mono AudioFrame stamped ``pts`` in 1/sample_rate_hz."""
     pcm = np.clip(np.rint(samples * 32767.0), -32768, 32767).astype(np.int16)[None, :]
@@ -226,8 +269,8 @@ class Playout:
     def __init__(
         self,
         engine: AvatarEngine,
-        video: QueueTrack,
-        audio: QueueTrack,
+        video: QueueTrack | FanOut,
+        audio: QueueTrack | FanOut,
         *,
         depth: int,
         on_frame: Callable[[int, float, OutputItem | None, float], None],
@@ -383,7 +426,11 @@ class Playout:
             item, ready_at = self._ready.popleft()
             self._slacks.append(now - ready_at)
         if item is not None:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(item.frame), format="rgb24")
+            # Converted to the encoders' yuv420p once here: every viewer's encoder reads the same
+            # frame object in its own thread, and PyAV's reformat of one frame from two threads
+            # at once shares one scaler context (it hung a test). Read-only sharing is safe.
+            rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(item.frame), format="rgb24")
+            frame = rgb.reformat(format="yuv420p")
             self._last_frame, self._last_item = frame, item
             samples = item.audio
         else:

@@ -12,10 +12,11 @@ import json
 import re
 from typing import Any
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_SDP_CHARS = 60 * 1024
 AVATAR_ID = re.compile(r"^(default|[0-9a-f]{16})$")
+STREAM_ID = re.compile(r"^[0-9a-f]{12}$")  # Session / PcmStream ids: secrets.token_hex(6)
 # ``emotion_ref``: a short face clip, at most this many bytes once decoded (a few seconds of 720p WebM
 # or MP4 from a phone or MediaRecorder is 1-4 MiB). Its base64 text is 4/3 of that, and only this
 # message type may exceed MAX_MESSAGE_BYTES (up to MAX_REFERENCE_MESSAGE_BYTES).
@@ -65,6 +66,9 @@ def parse(raw: str | bytes) -> dict[str, Any]:
         sdp = msg.get("sdp")
         if not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > MAX_SDP_CHARS:
             raise ProtocolError("bad_field", '"offer" needs "sdp": an SDP text starting with "v=0"')
+        watch = msg.get("watch")
+        if watch is not None and (not isinstance(watch, str) or not STREAM_ID.match(watch)):
+            raise ProtocolError("bad_field", '"watch" must be a stream id (12 hex digits, from its hello)')
     elif kind == "avatar":
         avatar = msg.get("avatar")
         if not isinstance(avatar, str) or not AVATAR_ID.match(avatar):
@@ -124,3 +128,57 @@ def _emotion_weights(msg: dict[str, Any]) -> dict[str, float]:
         '"emotion" needs either "emotion": "NAME[:INTENSITY]" (terms joined by +, NAME may be auto) or'
         ' "weights": {name: 0..1}',
     )
+
+
+# ---------------------------------------------------------------------------------- PCM ingest
+
+# The PCM endpoint (``/pcm``): JSON text messages of these types, and binary messages of s16le mono
+# samples belonging to the utterance the last ``utterance`` message opened.
+PCM_CLIENT_TYPES = ("utterance", "end", "clear", "emotion", "ping")
+PCM_RATES_HZ = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+MAX_PCM_MESSAGE_BYTES = 1 << 20  # one binary message: ~10.9 s at 48 kHz, ~65 s at 8 kHz
+UTTERANCE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def parse_pcm(raw: str) -> dict[str, Any]:
+    """One text message on the PCM endpoint -> a validated dict; ProtocolError otherwise."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("too_large", f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        msg = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError("bad_json", f"not JSON: {exc.msg}") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        raise ProtocolError("bad_message", 'a message must be a JSON object with a string "type"')
+    kind = msg["type"]
+    if kind not in PCM_CLIENT_TYPES:
+        raise ProtocolError(
+            "unknown_type", f"unknown message type {kind[:40]!r} (known: {', '.join(PCM_CLIENT_TYPES)})"
+        )
+    if kind == "utterance":
+        rate = msg.get("sample_rate")
+        if isinstance(rate, bool) or rate not in PCM_RATES_HZ:
+            raise ProtocolError(
+                "bad_field", f'"utterance" needs "sample_rate": one of {", ".join(map(str, PCM_RATES_HZ))}'
+            )
+        uid = msg.get("id")
+        if uid is not None and (not isinstance(uid, str) or not UTTERANCE_ID.match(uid)):
+            raise ProtocolError("bad_field", '"id" must be 1-64 characters of A-Z a-z 0-9 _ . : -')
+    elif kind == "emotion":
+        msg["weights"] = _emotion_weights(msg)
+    elif kind == "ping":
+        t = msg.get("t")
+        if isinstance(t, bool) or not isinstance(t, (int, float)):
+            raise ProtocolError("bad_field", '"ping" needs "t": a number')
+    return msg
+
+
+def pcm_samples(data: bytes) -> Any:
+    """A binary message -> (n,) int16 samples (s16le mono); ProtocolError when it cannot be one."""
+    import numpy as np
+
+    if len(data) > MAX_PCM_MESSAGE_BYTES:
+        raise ProtocolError("too_large", f"PCM message of {len(data)} bytes exceeds {MAX_PCM_MESSAGE_BYTES}")
+    if len(data) % 2:
+        raise ProtocolError("bad_pcm", f"PCM must be 16-bit samples: {len(data)} bytes is an odd count")
+    return np.frombuffer(data, dtype="<i2")

@@ -13,11 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import json
 import logging
 import math
 import os
-import secrets
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -30,17 +28,17 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from stream_avatar.emotion import facs as emotion_mod
-from stream_avatar.motion import rig as rig_mod
 from stream_avatar.server import protocol
 from stream_avatar.server.admission import SessionLoad
+from stream_avatar.server.endpoint import Endpoint, Send
 from stream_avatar.server.media import (
     MIC_GAP_S,
     MicLatency,
     Playout,
-    QueueTrack,
     mic_frame_to_mono,
     set_audio_jitter_buffer,
 )
+from stream_avatar.server.stream import Broadcast, Viewer, rig_message
 from stream_avatar.session.engine import SAMPLE_RATE_HZ, AvatarEngine, OutputItem
 
 logger = logging.getLogger(__name__)
@@ -66,13 +64,15 @@ class SessionSettings:
     emotion: str = "auto"
 
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 EngineFactory = Callable[[str], Awaitable[tuple[AvatarEngine, str]]]
 RendererFactory = Callable[[str], Awaitable[tuple[Any, str]]]
+StreamFinder = Callable[[str], Broadcast | None]
 
 
-class Session:
+class Session(Endpoint):
     """Signaling + media for one client. ``handle(raw)`` for each WebSocket message; ``close()``."""
+
+    kind = "session"
 
     def __init__(
         self,
@@ -81,9 +81,9 @@ class Session:
         make_renderer: RendererFactory,
         settings: SessionSettings,
         avatar_id: str,
+        find_stream: StreamFinder | None = None,
     ) -> None:
-        self.id = secrets.token_hex(6)
-        self._send_json = send
+        super().__init__(send)
         self._make_engine = make_engine
         self._make_renderer = make_renderer
         self.settings = settings
@@ -91,12 +91,13 @@ class Session:
         self.pc: RTCPeerConnection | None = None
         self.engine: AvatarEngine | None = None
         self.playout: Playout | None = None
-        self._video = QueueTrack("video", maxsize=2)
-        self._audio = QueueTrack("audio", maxsize=8)
+        # This session's own outputs; viewers of it (``watch``) subscribe to the same broadcast.
+        self.broadcast = Broadcast(self.id)
+        self._video = self.broadcast.video.subscribe()
+        self._audio = self.broadcast.audio.subscribe()
+        self._find_stream = find_stream
+        self._watching: tuple[Broadcast, Viewer] | None = None  # a watch-only session's stream
         self._rig_channel: Any = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._closed = asyncio.Event()
-        self._closing = False
         self._negotiated = False
         self._latency = MicLatency(settings.fps)
         self._frames_since_clear = 0
@@ -108,35 +109,9 @@ class Session:
         self._connected = asyncio.Event()  # the peer connection reached "connected": media may flow
         self._emotion = emotion_mod.parse(settings.emotion)
         self._reference: asyncio.Task[Any] | None = None  # the clip being analysed (at most one)
-        self.on_closed: Callable[[Session], None] | None = None
+        self.watch_hint = False  # admitted as a viewer (``/ws?watch=ID``): counted as one
 
     # ---------------------------------------------------------------------------- plumbing
-
-    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        task.set_name(f"session-{self.id}-{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None and not self._closing:
-            logger.error(
-                "session task failed", exc_info=exc, extra={"session": self.id, "task": task.get_name()}
-            )
-            self._spawn(self.close(), "close")
-
-    async def send(self, message: dict[str, Any]) -> None:
-        if self._closing:
-            return
-        try:
-            await self._send_json(message)
-        except Exception:  # the socket went away; the server closes the session when its loop ends
-            logger.debug("send failed", extra={"session": self.id})
 
     async def hello(self) -> None:
         await self.send(
@@ -163,7 +138,14 @@ class Session:
             else:
                 msg = protocol.parse(raw)
             kind = msg["type"]
-            if kind == "offer":
+            if kind == "offer" and msg.get("watch") is not None:
+                await self._on_watch(msg["sdp"], msg["watch"])
+            elif kind == "offer" and self.watch_hint:
+                raise protocol.ProtocolError(
+                    "bad_offer",
+                    "this connection was admitted as a viewer (/ws?watch=): its offer needs watch",
+                )
+            elif kind == "offer":
                 await self._on_offer(msg["sdp"])
             elif kind == "clear":
                 await self._on_clear()
@@ -226,8 +208,8 @@ class Session:
         depth = max(1, round(self.settings.latency_budget_ms * self.settings.fps / 1000))
         self.playout = Playout(
             engine,
-            self._video,
-            self._audio,
+            self.broadcast.video,
+            self.broadcast.audio,
             depth=depth,
             on_frame=self._on_frame,
             idle_feed=self._idle_feed,
@@ -239,6 +221,68 @@ class Session:
         self._spawn(self._stats_loop(), "stats")
         self._answered_at = time.monotonic()
         await self.send({"type": "answer", "sdp": pc.localDescription.sdp})
+
+    async def _on_watch(self, sdp: str, stream_id: str) -> None:
+        """A watch-only session: receive another stream's video, audio and rig; send nothing."""
+        if self._negotiated:
+            raise protocol.ProtocolError("already_negotiated", "this session already has a peer connection")
+        broadcast = self._find_stream(stream_id) if self._find_stream is not None else None
+        if broadcast is None or broadcast.ended or stream_id == self.id:
+            raise protocol.ProtocolError("unknown_stream", f"no stream {stream_id} is running on this server")
+        self._negotiated = True
+        pc = RTCPeerConnection()
+        self.pc = pc
+        rig_channel: list[Any] = []
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:  # a viewer's mic is not used: read it away
+            self._spawn(_drain(track), "drain")
+
+        @pc.on("datachannel")
+        def on_datachannel(channel: Any) -> None:
+            if channel.label == "rig":
+                rig_channel.append(channel)
+                if self._watching is not None:
+                    self._watching[1].rig_channel = channel
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc is not self.pc:
+                return
+            if pc.connectionState in ("failed", "closed"):
+                await self.close()
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except Exception as exc:  # aiortc raises ValueError and others for unusable SDP
+            await self._refuse_offer(f"cannot use this offer: {exc}")
+        kinds = {t.kind for t in pc.getTransceivers()}
+        if "video" not in kinds:
+            await self._refuse_offer("a watch offer needs a video m-line (recvonly), and audio to hear it")
+        viewer = broadcast.join(self._stream_ended)
+        self._watching = (broadcast, viewer)
+        if rig_channel:
+            viewer.rig_channel = rig_channel[0]
+        if "audio" in kinds:
+            pc.addTrack(viewer.audio)
+        pc.addTrack(viewer.video)
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+        self._answered_at = time.monotonic()
+        logger.info("viewer joined", extra={"session": self.id, "stream": stream_id})
+        await self.send({"type": "answer", "sdp": pc.localDescription.sdp, "watch": stream_id})
+
+    def _stream_ended(self) -> None:
+        """The watched stream ended: say so, then close this session (its socket closes with it)."""
+
+        async def end() -> None:
+            stream_id = self._watching[0].id if self._watching is not None else ""
+            self._watching = None
+            await self.send({"type": "stream_ended", "stream": stream_id})
+            await self.close()
+
+        if not self._closing:
+            self._spawn(end(), "ended")
 
     async def _on_clear(self) -> None:
         dropped = 0.0
@@ -345,22 +389,17 @@ class Session:
             self._latency.frame_latency_s(self._frames_since_clear, handed_out, skipped)
             self._frames_since_clear += 1
         channel = self._rig_channel
-        if channel is None or channel.readyState != "open":
+        own = channel is not None and channel.readyState == "open"
+        if not own and not self.broadcast.viewers:
             return
         shown = item if item is not None else (self.playout._last_item if self.playout else None)
         if shown is None:
             return
-        message: dict[str, Any] = {
-            "pts": round(pts_s, 4),
-            "frame": k,
-            "speaking": bool(shown.speaking),
-            "late": item is None,
-            "rig": rig_mod.to_dict(shown.rig),
-        }
-        if shown.emotion is not None:
-            message["emotion"] = {name: round(float(p), 3) for name, p in shown.emotion.items()}
-        with contextlib.suppress(Exception):  # the channel may close between the check and the send
-            channel.send(json.dumps(message, separators=(",", ":")))
+        text = rig_message(k, pts_s, shown, item is None)
+        if own:
+            with contextlib.suppress(Exception):  # the channel may close between the check and the send
+                channel.send(text)
+        self.broadcast.send_rig(text)
 
     async def _stats_loop(self) -> None:
         last_ticks, last_t = 0, time.monotonic()
@@ -419,32 +458,24 @@ class Session:
             await engine.aclose()
         raise protocol.ProtocolError("bad_offer", message)
 
-    async def close(self) -> None:
-        """Close the peer connection, the engine and every task of this session. Idempotent."""
-        if self._closing:
-            await self._closed.wait()
-            return
-        self._closing = True
-        try:
-            current = asyncio.current_task()
-            tasks = [t for t in self._tasks if t is not current]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self._video.stop()
-            self._audio.stop()
-            await self._drop_peer()
-            if self.engine is not None:
-                await self.engine.aclose()
-        finally:
-            self._closed.set()
-            if self.on_closed is not None:
-                self.on_closed(self)
-            logger.info("session closed", extra={"session": self.id})
+    async def _release(self) -> None:
+        """After the tasks: leave the watched stream, end this one's broadcast (its viewers are
+        told; every track stops), close the peer connection and the engine."""
+        if self._watching is not None:
+            broadcast, viewer = self._watching
+            self._watching = None
+            broadcast.leave(viewer)
+        self.broadcast.end()
+        self._video.stop()
+        self._audio.stop()
+        await self._drop_peer()
+        if self.engine is not None:
+            await self.engine.aclose()
 
     @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
+    def watching(self) -> bool:
+        """A watch-only session: it said so at the upgrade (``/ws?watch=``) or by its offer."""
+        return self._watching is not None or self.watch_hint
 
     def load(self) -> SessionLoad:
         """What admission control samples: media flowing (the clock has started), ticks, late ticks."""
