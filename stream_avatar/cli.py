@@ -89,7 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(enroll)
 
     render = sub.add_parser("render", help="render an audio file with an avatar to an MP4")
-    render.add_argument("--audio", required=True, metavar="WAV", help="speech (wav, mp3, m4a, ogg, flac)")
+    source = render.add_mutually_exclusive_group(required=True)
+    source.add_argument("--audio", metavar="WAV", help="speech (wav, mp3, m4a, ogg, flac)")
+    source.add_argument(
+        "--script",
+        metavar="TOML",
+        help="a presenter script: segments of audio files, espeak-ng text and pauses, each with its emotion",
+    )
     render.add_argument("--out", required=True, metavar="MP4", help="output video file")
     render.add_argument("--avatar", default=None, metavar="IMAGE_OR_ID", help="image or avatar id")
     render.add_argument("--rig-out", default=None, metavar="RIG.jsonl", help="per-frame rigs as JSONL")
@@ -272,12 +278,20 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def _render(audio: Path | str, out: Path, cfg: Config, rig_out: str | None, progress: bool) -> Path:
+def _render(
+    audio: Path | str | None,
+    out: Path,
+    cfg: Config,
+    rig_out: str | None,
+    progress: bool,
+    script: str | None = None,
+) -> Path:
     from stream_avatar.offline import render_file
 
     result = render_file(
         audio,
         out,
+        script=script,
         avatar=cfg.avatar.spec,
         driver_name=cfg.engine.driver,
         size=cfg.avatar.size,
@@ -298,7 +312,7 @@ def _render(audio: Path | str, out: Path, cfg: Config, rig_out: str | None, prog
 
 
 def cmd_render(args: argparse.Namespace, cfg: Config) -> int:
-    path = _render(args.audio, Path(args.out), cfg, args.rig_out, _progress(args))
+    path = _render(args.audio, Path(args.out), cfg, args.rig_out, _progress(args), script=args.script)
     print(path)
     return 0
 

@@ -20,7 +20,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -136,10 +136,25 @@ class Mp4Writer:
             self._container.close()
 
 
-async def _feed_file(engine: AvatarEngine, samples: np.ndarray, sample_rate_hz: int) -> None:
-    """Feed like live input (20 ms chunks), as fast as the engine takes them, then end the input."""
+async def _feed_file(
+    engine: AvatarEngine,
+    samples: np.ndarray,
+    sample_rate_hz: int,
+    schedule: Sequence[tuple[int, Mapping[str, float]]] = (),
+) -> None:
+    """Feed like live input (20 ms chunks), as fast as the engine takes them, then end the input.
+
+    schedule: (sample index, emotion weights) in order: before the chunk holding that sample is fed,
+    the engine's queued input is let drain, then its emotion is set (a presenter script's segments).
+    """
     chunk = max(1, round(sample_rate_hz * CHUNK_MS / 1000))
+    pending = list(schedule)
     for start in range(0, samples.size, chunk):
+        while pending and pending[0][0] < start + chunk:
+            _, weights = pending.pop(0)
+            while engine.stats()["buffered_s"] > 0:
+                await asyncio.sleep(0.002)
+            engine.set_emotion(weights)
         await engine.feed(samples[start : start + chunk], sample_rate_hz)
     engine.end_input()
 
@@ -152,6 +167,7 @@ async def render_engine_to_file(
     *,
     rig_out: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    emotion_schedule: Sequence[tuple[int, Mapping[str, float]]] = (),
 ) -> RenderResult:
     """Render ``samples`` through ``engine`` into an MP4 (and optionally a rig JSONL).
 
@@ -159,6 +175,7 @@ async def render_engine_to_file(
     The engine is started here and closed on return (it serves one stream).
     rig_out: JSONL path; one line per frame: ``{"pts": seconds, "rig": {name: value}}``, plus
       ``"emotion": {name: p}`` (the frame's emotion probabilities) when the engine reports them.
+    emotion_schedule: (sample index, emotion weights): the emotion from that sample on.
     Raises ValueError when the audio yields no frame; nothing is left at ``out_path``/``rig_out`` on error.
     """
     out = Path(out_path)
@@ -178,7 +195,7 @@ async def render_engine_to_file(
         writer = Mp4Writer(tmp_mp4, fps)
         stack.callback(writer.close)  # runs before the rename (ExitStack unwinds in reverse)
         engine.start()
-        feeder = asyncio.create_task(_feed_file(engine, samples, sample_rate_hz))
+        feeder = asyncio.create_task(_feed_file(engine, samples, sample_rate_hz, emotion_schedule))
         try:
             async for item in engine:
                 writer.write(item)
@@ -221,7 +238,7 @@ async def render_engine_to_file(
 
 
 def render_file(
-    audio_path: str | os.PathLike[str],
+    audio_path: str | os.PathLike[str] | None,
     out_path: str | os.PathLike[str],
     avatar: Any = None,
     driver_name: str = "learned",
@@ -234,23 +251,40 @@ def render_file(
     fps: int = 25,
     max_buffer_s: float = 2.0,
     emotion: Mapping[str, float] | None = None,
+    script: str | os.PathLike[str] | None = None,
 ) -> RenderResult:
-    """Render an audio file with an avatar into an MP4 (blocking; runs its own event loop).
+    """Render an audio file (or a presenter script) with an avatar into an MP4 (blocking; runs its
+    own event loop).
 
-    audio_path: any audio FFmpeg reads (wav, mp3, m4a, ogg, flac, a video's audio track).
+    audio_path: any audio FFmpeg reads (wav, mp3, m4a, ogg, flac, a video's audio track); None with
+      ``script``: a presenter script (``stream_avatar.script``: segments of audio, espeak-ng text and
+      pauses, each with its emotion, which replaces ``emotion``).
     avatar: an ``Avatar``, an image path, an enrolled avatar id, or None for the default avatar
       (image paths and None are enrolled at ``size`` through the store at ``store_dir``).
     driver_name: motion driver (``stream_avatar.session.engine.DRIVERS``).
     rig_out: optional JSONL of per-frame rigs. progress: tqdm bar on stderr.
     emotion: the operator's emotion as weights (``stream_avatar.emotion.facs.parse``); None: neutral.
 
-    Raises AudioFormatError (bad audio), EnrollmentError / AvatarStoreError (bad avatar), both
-    ValueErrors with one-line messages; checked before anything is written.
+    Raises AudioFormatError (bad audio), ScriptError (bad script), EnrollmentError /
+    AvatarStoreError (bad avatar), all ValueErrors with one-line messages; checked before anything
+    is written.
     """
     from stream_avatar.audio.io import load_audio
     from stream_avatar.session.engine import build_engine
 
-    samples, rate = load_audio(audio_path)  # first: a bad file fails before any heavy work
+    schedule: list[tuple[int, Mapping[str, float]]] = []
+    if (audio_path is None) == (script is None):
+        raise ValueError("give an audio file or a presenter script, not both")
+    if script is not None:
+        from stream_avatar.script import SAMPLE_RATE_HZ as SCRIPT_RATE
+        from stream_avatar.script import build_track, load_script
+
+        samples, schedule = build_track(load_script(script))  # first: a bad script fails early
+        rate = SCRIPT_RATE
+        emotion = schedule[0][1]
+    else:
+        assert audio_path is not None
+        samples, rate = load_audio(audio_path)  # first: a bad file fails before any heavy work
     resolved = _resolve_avatar(avatar, size, store_dir)
     engine = build_engine(
         resolved,
@@ -261,7 +295,9 @@ def render_file(
         emotion=emotion,
         warn_when_behind=False,  # slower than real time is expected offline on a CPU
     )
-    job = render_engine_to_file(engine, samples, rate, out_path, rig_out=rig_out, progress=progress)
+    job = render_engine_to_file(
+        engine, samples, rate, out_path, rig_out=rig_out, progress=progress, emotion_schedule=schedule
+    )
     return asyncio.run(job)
 
 
