@@ -26,7 +26,7 @@ test: install
 	$(PY) -m pytest
 
 lint: install
-	$(PY) -m ruff check stream_avatar tests benchmarks
+	$(PY) -m ruff check stream_avatar tests benchmarks examples
 	$(PY) -m mypy stream_avatar
 
 bench: install
@@ -38,17 +38,22 @@ bench: install
 # Resumable: run it again after an interruption and it continues from data/ and models/motion/checkpoint.
 MOTION_DATA ?= data/synth-v1
 MOTION_VOICES ?= data/synth-voices
+# Festival's Italian, Catalan, Czech, Finnish and Russian voices (recorded people) reading English.
+MOTION_WORLD ?= data/synth-world
 train-data: install
 	test -f $(MOTION_DATA)/dataset.json || $(PY) -m stream_avatar data synth --hours 3.2 \
 		--languages en,hi,es,de --synthesizers espeak,festival,flite --out $(MOTION_DATA) --seed 0
 	test -f $(MOTION_VOICES)/dataset.json || $(PY) -m stream_avatar data synth --hours 1 \
 		--languages en --synthesizers festival,flite --out $(MOTION_VOICES) --seed 1
+	test -f $(MOTION_WORLD)/dataset.json || $(PY) -m stream_avatar data synth --hours 1.5 \
+		--languages it,ca,cs,fi,ru --holdout-language none --synthesizers festival --text-language en \
+		--out $(MOTION_WORLD) --seed 2
 
 train-motion: train-data
-	$(PY) -m stream_avatar train motion --data $(MOTION_DATA) $(MOTION_VOICES) --out models/motion --seed 0
+	$(PY) -m stream_avatar train motion --data $(MOTION_DATA) $(MOTION_VOICES) $(MOTION_WORLD) --out models/motion --seed 0
 
 eval-motion: install
-	$(PY) -m stream_avatar eval motion --data $(MOTION_DATA) $(MOTION_VOICES) --out benchmarks/results
+	$(PY) -m stream_avatar eval motion --data $(MOTION_DATA) $(MOTION_VOICES) $(MOTION_WORLD) --out benchmarks/results
 
 # The shipped emotion model, on the same datasets (made by train-motion when missing; training ~20 min
 # on 2 cores). Resumable like train-motion (models/emotion/checkpoint).
