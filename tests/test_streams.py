@@ -126,8 +126,9 @@ async def test_paced_pcm_and_barge_in_report_the_played_duration(server: AvatarS
         t_start, _ = await publisher.next_event("playback_started", id="long")
         await asyncio.sleep(1.5)
         t_clear = await publisher.clear()
-        _, finished = await publisher.next_event("playback_finished", id="long")
-        _, cleared = await publisher.next_event("cleared")
+        t_finished, finished = await publisher.next_event("playback_finished", id="long")
+        t_cleared, cleared = await publisher.next_event("cleared")
+        assert t_finished <= t_cleared  # every interrupted utterance is reported before the reply
         await publisher.next_event("idle", after=t_clear)
         errors_after_clear = asyncio.ensure_future(
             publisher.next_event("error", after=t_clear, timeout_s=1.0, code="no_utterance")

@@ -410,25 +410,26 @@ class PcmStream(Endpoint):
                 self._emit({"type": "playback_started", "id": utt.id})
             if utt.started and utt.end is not None and position >= utt.end:
                 self._utterances.popleft()
-                self._finished(utt, interrupted=False, played_ms=utt.samples * 1000.0 / SAMPLE_RATE_HZ)
+                self._emit(
+                    self._finished(utt, interrupted=False, played_ms=utt.samples * 1000.0 / SAMPLE_RATE_HZ)
+                )
                 continue
             break
         if self._speaking and not self._utterances:
             self._speaking = False
             self._emit({"type": "idle"})
 
-    def _finished(self, utt: Utterance, *, interrupted: bool, played_ms: float) -> None:
+    def _finished(self, utt: Utterance, *, interrupted: bool, played_ms: float) -> dict[str, Any]:
+        """The ``playback_finished`` message of ``utt`` (counted in the stats)."""
         self.stats.history.append(played_ms)
         self.stats.interrupted += interrupted
-        self._emit(
-            {
-                "type": "playback_finished",
-                "id": utt.id,
-                "played_ms": round(played_ms, 1),
-                "duration_ms": round(utt.samples * 1000.0 / SAMPLE_RATE_HZ, 1),
-                "interrupted": interrupted,
-            }
-        )
+        return {
+            "type": "playback_finished",
+            "id": utt.id,
+            "played_ms": round(played_ms, 1),
+            "duration_ms": round(utt.samples * 1000.0 / SAMPLE_RATE_HZ, 1),
+            "interrupted": interrupted,
+        }
 
     async def _on_clear(self) -> None:
         """Barge-in: drop the buffer, the engine's input and frames, and the playout's queue."""
@@ -440,16 +441,19 @@ class PcmStream(Endpoint):
         self._open = None
         self._buffer.clear()
         self._buffered = 0
+        finished = []
         while self._utterances:
             utt = self._utterances.popleft()
-            self._finished(utt, interrupted=True, played_ms=utt.played_ms(position))
+            finished.append(self._finished(utt, interrupted=True, played_ms=utt.played_ms(position)))
         self._fed = self._played = 0
         self._dropped_base = self.engine.audio_dropped_s if self.engine is not None else 0.0
         self._due = self._clock()
         self._last_speech_fed = -1e9
         if self._speaking:
             self._speaking = False
-            self._emit({"type": "idle"})
+            finished.append({"type": "idle"})
+        for message in finished:  # in order, before the reply (as the protocol says)
+            await self.send(message)
         await self.send({"type": "cleared", "dropped_ms": round(dropped_s * 1000.0, 1)})
 
     # -------------------------------------------------------------------------------- stats
