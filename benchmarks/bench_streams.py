@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
 import time
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import websockets
 from bench_e2e import (
     FPS,
     NOISE_RMS,
@@ -78,6 +80,22 @@ def pcm_latencies(publisher: PcmPublisher, viewer: AvatarClient, stim: Stimulus,
             continue
         latencies.append(1000.0 * (video_at.get(int(rig_k[i]), float(rig_t[i])) - sent))
     return {"latencies": latencies, "missed": missed}
+
+
+async def wait_accepting(url: str, timeout_s: float = 15.0) -> None:
+    """Until the server would take a new stream (the previous phase's session has closed and the
+    machine has settled): each phase measures one stream, not a queue of refusals."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        raw = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(url.rstrip("/") + "/status", timeout=5).read()
+        )
+        if json.loads(raw).get("accepting"):
+            return
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"the server did not accept a stream within {timeout_s} s")
 
 
 async def run_pcm_latency(url: str, stim: Stimulus) -> dict[str, Any]:
@@ -163,10 +181,19 @@ async def run_barge_in(url: str, phrases: list[np.ndarray], trials: int) -> dict
 async def run_viewers(url: str, speech: np.ndarray, n: int, seconds: float) -> dict[str, Any]:
     publisher = PcmPublisher(url)
     await publisher.connect()
-    viewers = [AvatarClient(url, None, watch=publisher.stream) for _ in range(n)]
+    viewers: list[AvatarClient] = []
+    refused: list[str] = []
     try:
-        for v in viewers:
-            await v.connect()
+        for _ in range(n):
+            v = AvatarClient(url, None, watch=publisher.stream)
+            try:
+                await v.connect()
+            except websockets.InvalidStatus as exc:  # admission control: 503 busy
+                refused.append(
+                    str(json.loads(exc.response.body or b"{}").get("message", exc.response.status_code))
+                )
+                continue
+            viewers.append(v)
         await asyncio.sleep(1.0)
         stats0 = [m for _, m in publisher.events if m.get("type") == "stats"]
         reps = int(np.ceil(seconds * RATE / speech.size))
@@ -180,7 +207,13 @@ async def run_viewers(url: str, speech: np.ndarray, n: int, seconds: float) -> d
         for v in viewers:
             arr = np.array([t for t, _, _ in v.received.video if t > t0 + 1.0])
             fps.append((arr.size - 1) / (arr[-1] - arr[0]) if arr.size > 1 else 0.0)
-        return {"viewers": n, "late_frame_ratio": round(late, 4), "min_viewer_fps": round(min(fps), 2)}
+        return {
+            "viewers": n,
+            "admitted": len(viewers),
+            "refused_reasons": refused,
+            "late_frame_ratio": round(late, 4),
+            "min_viewer_fps": round(min(fps), 2) if fps else None,
+        }
     finally:
         for v in viewers:
             await v.close()
@@ -199,16 +232,25 @@ async def bench(
             print("  mic path", file=sys.stderr)
             mic = await run_mic_latency(url, stim)
             print("  PCM path", file=sys.stderr)
+            await wait_accepting(url)
             pcm = await run_pcm_latency(url, stim)
             print("  barge-in", file=sys.stderr)
+            await wait_accepting(url)
             barge = await run_barge_in(url, phrases[:6], args.trials)
             viewers = []
             for n in args.viewers:
                 print(f"  {n} viewer(s)", file=sys.stderr)
+                await wait_accepting(url)
                 viewers.append(await run_viewers(url, np.concatenate(phrases[:8]), n, args.viewer_seconds))
         finally:
             server.stop()
-    ok = [v["viewers"] for v in viewers if v["late_frame_ratio"] < LATE_OK and v["min_viewer_fps"] > FPS - 2]
+    ok = [
+        v["viewers"]
+        for v in viewers
+        if v["admitted"] == v["viewers"]
+        and v["late_frame_ratio"] < LATE_OK
+        and (v["min_viewer_fps"] or 0) > FPS - 2
+    ]
     return {
         "device": device_name(),
         "size": size,

@@ -112,7 +112,15 @@ def test_viewers_have_their_own_cap_and_are_refused_only_when_streams_are_behind
     m.loads = [SessionLoad("s0", True, 50, 2)]  # 2 of 25 late in the last second
     a.sample()
     with pytest.raises(Refusal, match="streams are already behind"):
-        a.check_viewer(0)
+        a.check_viewer(1)
+    a.check_viewer(0)  # the first viewer is let in even so: an unwatched stream is of no use
+    m.advance(1.0, 1.5)
+    m.loads = [SessionLoad("s0", True, 75, 2)]  # on time again, but 1.5 of 2 cores busy
+    a.sample()
+    a.check_viewer(1)
+    a.viewer_cores = 0.2  # one more encode would pass the 1.6-core budget
+    with pytest.raises(Refusal, match=r"cannot carry another viewer.*needs 0\.20.*budget is 1\.60"):
+        a.check_viewer(1)
 
 
 def test_the_hard_cap_holds_with_measurement_off() -> None:

@@ -18,11 +18,13 @@ the message) when the hard cap ``max_sessions`` is reached; when ``idle + (sessi
 would exceed ``cpu_fraction`` of the cores this process may run on; or when the running sessions are
 already unhealthy (more than ``max_late_ratio`` late frames in the last second, or the loop lagging
 by more than ``max_loop_lag_s``). A viewer of a running stream (``watch``) costs an encode, not a
-render: viewers have their own cap (``max_viewers``) and are refused only when the running streams
-are unhealthy (the same two bounds); what they cost shows in the machine's measured load, which the
-next session's admission reads. Before any session has streamed, the cost is ``prior_cores``
-(measured at start by ``calibrate``, or given); once sessions stream, the larger of the measured
-cost and half the prior (a quiet session is cheap, but speech makes it cost more again).
+render: viewers have their own cap (``max_viewers``) and, beyond the first, are refused only when
+the running streams are unhealthy (the same two bounds) or when the machine's busy CPU plus one
+viewer's encode (measured by ``calibrate``) would pass the budget; what they cost shows in the
+machine's measured load, which the next session's admission reads. Before any session has
+streamed, the cost is ``prior_cores`` (measured at start by ``calibrate``, or given); once
+sessions stream, the larger of the measured cost and half the prior (a quiet session is cheap,
+but speech makes it cost more again).
 
 The clock and the CPU-time source are injectable, so the policy is tested without load.
 """
@@ -135,6 +137,7 @@ class Admission:
         self._cpu_time = cpu_time
         self._clock = clock
         self.prior_cores = settings.prior_cores
+        self.viewer_cores: float | None = None  # one viewer's encode, measured by calibrate
         self.cost_cores: float | None = None  # measured per streaming session
         self.idle_cores = 0.0
         self._idle_seen = False
@@ -226,6 +229,14 @@ class Admission:
         s = self.settings
         if viewers >= s.max_viewers:
             return f"the server is at its viewer limit ({s.max_viewers})"
+        if viewers == 0:  # a stream nobody watches is of no use: the first viewer always comes in
+            return None
+        budget = s.cpu_fraction * self.cores
+        if s.measured and self.viewer_cores is not None and self.cores_used + self.viewer_cores > budget:
+            return (
+                f"the measured load cannot carry another viewer: {self.cores_used:.2f} of {self.cores} cores"
+                f" busy, a viewer needs {self.viewer_cores:.2f}, the budget is {budget:.2f}"
+            )
         if s.measured and self.late_ratio > s.max_late_ratio:
             return f"the running streams are already behind ({self.late_ratio:.0%} late frames)"
         if s.measured and self.loop_lag_s > s.max_loop_lag_s:

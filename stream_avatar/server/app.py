@@ -163,6 +163,17 @@ class AvatarServer:
 
         cores = calibrate(work, CALIBRATION_FRAMES, fps)
         self.admission.prior_cores = cores
+        # A viewer costs one more encode of the same frames.
+        frames = [np.ascontiguousarray(f) for f in np.asarray(renderer.render(rigs))]
+        viewer_encoder = get_encoder(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000))
+
+        def encode_only() -> None:
+            for frame in frames:
+                vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+                vf.pts, pts[0] = pts[0], pts[0] + 90000 // fps
+                viewer_encoder.encode(vf)
+
+        self.admission.viewer_cores = calibrate(encode_only, CALIBRATION_FRAMES, fps)
         return cores
 
     # ---------------------------------------------------------------------------------- http
