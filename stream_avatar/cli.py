@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import shutil
-import subprocess
 import sys
 import tempfile
 import warnings
@@ -42,7 +40,6 @@ DEMO_TEXT = (
     "as the audio arrives."
 )
 DEMO_OUT = Path("out") / "demo.mp4"
-ESPEAK_TIMEOUT_S = 60
 
 
 class UserError(Exception):
@@ -319,25 +316,17 @@ def cmd_render(args: argparse.Namespace, cfg: Config) -> int:
 
 def synthesize_demo(text: str, wav_path: Path) -> None:
     """Speak ``text`` into ``wav_path`` (22050 Hz mono WAV) with espeak-ng; UserError if unavailable."""
-    exe = shutil.which("espeak-ng")
-    if exe is None:
+    from stream_avatar.script import EspeakMissingError, ScriptError, speak_to_wav
+
+    try:
+        speak_to_wav(text, wav_path)
+    except EspeakMissingError:
         raise UserError(
             "espeak-ng is not installed (Debian/Ubuntu: sudo apt-get install espeak-ng; macOS: brew install "
             "espeak-ng), or render your own speech: stream-avatar render --audio speech.wav --out out.mp4"
-        )
-    try:
-        done = subprocess.run(
-            [exe, "-w", str(wav_path), "--", text],
-            capture_output=True,
-            text=True,
-            timeout=ESPEAK_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise UserError(f"espeak-ng failed: {exc}") from None
-    if done.returncode != 0 or not wav_path.is_file() or wav_path.stat().st_size == 0:
-        reason = " ".join(done.stderr.split())[:200] or f"exit status {done.returncode}"
-        raise UserError(f"espeak-ng failed: {reason}")
+        ) from None
+    except ScriptError as exc:
+        raise UserError(str(exc)) from None
 
 
 def cmd_sheet(args: argparse.Namespace, cfg: Config) -> int:

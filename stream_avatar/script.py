@@ -146,33 +146,45 @@ def load_script(path: str | os.PathLike[str]) -> Script:
     return Script(tuple(segments), voice, wpm, float(gap))
 
 
-def speak(text: str, voice: str | None = None, words_per_minute: int | None = None) -> tuple[np.ndarray, int]:
-    """``text`` spoken by espeak-ng → (float32 mono samples, rate); ScriptError when it cannot."""
-    from stream_avatar.audio.io import load_audio
+class EspeakMissingError(ScriptError):
+    """espeak-ng is not installed."""
 
+
+def speak_to_wav(
+    text: str, wav_path: Path, voice: str | None = None, words_per_minute: int | None = None
+) -> None:
+    """Speak ``text`` into ``wav_path`` (22050 Hz mono WAV) with espeak-ng; ScriptError (or
+    EspeakMissingError) when it cannot."""
     exe = shutil.which("espeak-ng")
     if exe is None:
-        raise ScriptError("espeak-ng is not installed (Debian/Ubuntu: sudo apt-get install espeak-ng)")
+        raise EspeakMissingError("espeak-ng is not installed (Debian/Ubuntu: sudo apt-get install espeak-ng)")
     cmd = [exe]
     if voice:
         cmd += ["-v", voice]
     if words_per_minute:
         cmd += ["-s", str(words_per_minute)]
+    try:
+        done = subprocess.run(
+            [*cmd, "-w", str(wav_path), "--", text],
+            capture_output=True,
+            text=True,
+            timeout=ESPEAK_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ScriptError(f"espeak-ng failed: {exc}") from None
+    if done.returncode != 0 or not wav_path.is_file() or wav_path.stat().st_size == 0:
+        reason = " ".join(done.stderr.split())[:200] or f"exit status {done.returncode}"
+        raise ScriptError(f"espeak-ng failed: {reason}")
+
+
+def speak(text: str, voice: str | None = None, words_per_minute: int | None = None) -> tuple[np.ndarray, int]:
+    """``text`` spoken by espeak-ng → (float32 mono samples, rate); ScriptError when it cannot."""
+    from stream_avatar.audio.io import load_audio
+
     with tempfile.TemporaryDirectory(prefix="stream-avatar-say-") as tmp:
         wav = Path(tmp) / "say.wav"
-        try:
-            done = subprocess.run(
-                [*cmd, "-w", str(wav), "--", text],
-                capture_output=True,
-                text=True,
-                timeout=ESPEAK_TIMEOUT_S,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ScriptError(f"espeak-ng failed: {exc}") from None
-        if done.returncode != 0 or not wav.is_file() or wav.stat().st_size == 0:
-            reason = " ".join(done.stderr.split())[:200] or f"exit status {done.returncode}"
-            raise ScriptError(f"espeak-ng failed: {reason}")
+        speak_to_wav(text, wav, voice, words_per_minute)
         return load_audio(wav)
 
 

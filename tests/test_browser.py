@@ -170,6 +170,15 @@ async ({duration, interval, mouth, background}) => {
 """
 
 
+def _page_with_console(browser: Any) -> tuple[Any, list[str]]:
+    """A new page whose console messages and uncaught errors are collected (for failure messages)."""
+    page = browser.new_page()
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+    return page, console
+
+
 def _wait_live(page: Any, sync_api: ModuleType, console: list[str]) -> None:
     """Until the page is live with a decoded frame; else fail with its state, message and console."""
     try:
@@ -210,10 +219,7 @@ def test_browser_talks(chromium: tuple[str, ModuleType], server_url: str, mic_wa
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=exe, headless=True, args=args)
         try:
-            page = browser.new_page()
-            console: list[str] = []
-            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-            page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+            page, console = _page_with_console(browser)
             page.goto(server_url)
             # The emotion menu starts at auto (the voice's emotion); intensity and mixing are for the others.
             assert page.input_value("#emotion") == "auto"
@@ -336,10 +342,7 @@ def test_a_viewer_watches_a_pcm_stream_without_a_microphone(
             args = ["--autoplay-policy=no-user-gesture-required"]  # and no fake media devices
             browser = pw.chromium.launch(executable_path=exe, headless=True, args=args)
             try:
-                page = browser.new_page()
-                console: list[str] = []
-                page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-                page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+                page, console = _page_with_console(browser)
                 page.goto(url.rstrip("/") + hello["watch"])
                 assert page.text_content("#connect") == "Watch" and page.is_disabled("#emotion")
                 page.click("#connect")

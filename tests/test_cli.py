@@ -87,7 +87,9 @@ def test_demo_without_espeak_says_how_to_get_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli.shutil, "which", lambda name: None)
+    from stream_avatar import script
+
+    monkeypatch.setattr(script.shutil, "which", lambda name: None)  # espeak-ng runs from script.py
     code, stdout, err = run_cli(capsys, "demo")
     assert code == 2 and stdout == ""
     assert_one_line_error(err, "espeak-ng", "apt-get install espeak-ng", "render --audio")

@@ -33,7 +33,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -163,14 +163,6 @@ class _Chunk:
     last: bool = False  # the utterance's final chunk (its end is known when this is fed)
 
 
-@dataclass
-class PcmStreamStats:
-    utterances: int = 0
-    interrupted: int = 0
-    refused_s: float = 0.0
-    history: deque[float] = field(default_factory=lambda: deque(maxlen=1000))  # played ms per utterance
-
-
 class PcmStream(Endpoint):
     """A stream driven by PCM from one WebSocket; ``handle(raw)`` per message, ``close()`` at the end."""
 
@@ -210,7 +202,6 @@ class PcmStream(Endpoint):
         self._utterances: deque[Utterance] = deque()  # not finished yet, in order
         self._speaking = False
         self._count = 0
-        self.stats = PcmStreamStats()
 
     # ---------------------------------------------------------------------------- plumbing
 
@@ -295,7 +286,6 @@ class PcmStream(Endpoint):
         utt = Utterance(uid or f"u{self._count}", rate, StreamResampler(rate, SAMPLE_RATE_HZ))
         self._open = utt
         self._utterances.append(utt)
-        self.stats.utterances += 1
 
     def _end_open(self) -> None:
         utt, self._open = self._open, None
@@ -313,7 +303,6 @@ class PcmStream(Endpoint):
             )
         seconds = samples.size / utt.rate
         if self._buffered / SAMPLE_RATE_HZ + seconds > MAX_BUFFERED_S:
-            self.stats.refused_s += seconds
             raise protocol.ProtocolError(
                 "too_much_audio",
                 f"{seconds:.2f} s refused: {self._buffered / SAMPLE_RATE_HZ:.1f} s are waiting to be played"
@@ -420,9 +409,7 @@ class PcmStream(Endpoint):
             self._emit({"type": "idle"})
 
     def _finished(self, utt: Utterance, *, interrupted: bool, played_ms: float) -> dict[str, Any]:
-        """The ``playback_finished`` message of ``utt`` (counted in the stats)."""
-        self.stats.history.append(played_ms)
-        self.stats.interrupted += interrupted
+        """The ``playback_finished`` message of ``utt``."""
         return {
             "type": "playback_finished",
             "id": utt.id,
