@@ -155,9 +155,10 @@ class FanOut:
 
     ``subscribe()`` adds a bounded ``QueueTrack`` (drop-oldest, see there); ``put`` hands every
     subscribed track the same frame object (aiortc encodes per peer connection; the frame is only
-    read). Written here rather than using aiortc's ``MediaRelay``: its buffered mode queues without
-    a bound and its unbuffered mode keeps only the newest frame, which drops audio packets whenever
-    two arrive between reads; a QueueTrack per viewer is bounded and keeps every packet it can.
+    read; shared video is converted to yuv420p once). Written here rather than using aiortc's
+    ``MediaRelay``: its buffered mode queues without a bound and its unbuffered mode keeps only the
+    newest frame, which drops audio packets whenever two arrive between reads; a QueueTrack per
+    viewer is bounded and keeps every packet it can.
     """
 
     def __init__(self, kind: str, maxsize: int) -> None:
@@ -176,6 +177,11 @@ class FanOut:
         track.stop()
 
     def put(self, frame: av.AudioFrame | av.VideoFrame) -> None:
+        if len(self.tracks) > 1 and isinstance(frame, av.VideoFrame) and frame.format.name != "yuv420p":
+            # Shared by several encoders, each in its own thread: converted to their yuv420p once
+            # here. PyAV's reformat of one frame from two threads at once shares one scaler context
+            # (it hung a test); read-only sharing is safe. One track: its encoder converts, off the loop.
+            frame = frame.reformat(format="yuv420p")
         for track in self.tracks:
             track.put(frame)
 
@@ -426,11 +432,7 @@ class Playout:
             item, ready_at = self._ready.popleft()
             self._slacks.append(now - ready_at)
         if item is not None:
-            # Converted to the encoders' yuv420p once here: every viewer's encoder reads the same
-            # frame object in its own thread, and PyAV's reformat of one frame from two threads
-            # at once shares one scaler context (it hung a test). Read-only sharing is safe.
-            rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(item.frame), format="rgb24")
-            frame = rgb.reformat(format="yuv420p")
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(item.frame), format="rgb24")
             self._last_frame, self._last_item = frame, item
             samples = item.audio
         else:

@@ -40,6 +40,7 @@ import numpy as np
 
 from stream_avatar.audio.resample import StreamResampler
 from stream_avatar.emotion import facs as emotion_mod
+from stream_avatar.motion import rig as rig_mod
 from stream_avatar.server import protocol
 from stream_avatar.server.admission import SessionLoad
 from stream_avatar.server.endpoint import Endpoint, Send
@@ -118,8 +119,6 @@ class Broadcast:
 
 def rig_message(k: int, pts_s: float, shown: OutputItem, late: bool) -> str:
     """The ``rig`` data channel message of one tick (docs/protocol.md)."""
-    from stream_avatar.motion import rig as rig_mod
-
     message: dict[str, Any] = {
         "pts": round(pts_s, 4),
         "frame": k,
