@@ -34,12 +34,14 @@ bench: install
 	$(PY) benchmarks/bench_motion.py
 	$(PY) benchmarks/bench_e2e.py
 
-# The shipped motion model, reproduced with one command (data ~20 min + training ~50 min on 2 cores).
+# The shipped motion model, reproduced with one command (data ~30 min + training ~70 min on 2 cores).
 # Resumable: run it again after an interruption and it continues from data/ and models/motion/checkpoint.
 MOTION_DATA ?= data/synth-v1
 MOTION_VOICES ?= data/synth-voices
 # Festival's Italian, Catalan, Czech, Finnish and Russian voices (recorded people) reading English.
 MOTION_WORLD ?= data/synth-world
+# Real recorded speech: Asterisk's US English prompts (Debian asterisk-core-sounds-en-g722), force-aligned.
+MOTION_REAL ?= data/real-prompts
 train-data: install
 	test -f $(MOTION_DATA)/dataset.json || $(PY) -m stream_avatar data synth --hours 3.2 \
 		--languages en,hi,es,de --synthesizers espeak,festival,flite --out $(MOTION_DATA) --seed 0
@@ -48,9 +50,12 @@ train-data: install
 	test -f $(MOTION_WORLD)/dataset.json || $(PY) -m stream_avatar data synth --hours 1.5 \
 		--languages it,ca,cs,fi,ru --holdout-language none --synthesizers festival --text-language en \
 		--out $(MOTION_WORLD) --seed 2
+	test -f $(MOTION_REAL)/dataset.json || $(PY) -m stream_avatar data prompts --copies 4 \
+		--out $(MOTION_REAL) --seed 0
 
 train-motion: train-data
-	$(PY) -m stream_avatar train motion --data $(MOTION_DATA) $(MOTION_VOICES) $(MOTION_WORLD) --out models/motion --seed 0
+	$(PY) -m stream_avatar train motion --data $(MOTION_DATA) $(MOTION_VOICES) $(MOTION_WORLD) $(MOTION_REAL) \
+		--out models/motion --seed 0
 
 eval-motion: install
 	$(PY) -m stream_avatar eval motion --data $(MOTION_DATA) $(MOTION_VOICES) $(MOTION_WORLD) --out benchmarks/results

@@ -7,6 +7,7 @@
     stream-avatar run                                              `serve` with the defaults (make run)
     stream-avatar demo [--text TEXT]                               renders a spoken demo to ./out/demo.mp4
     stream-avatar data synth --hours H --out DIR                   synthetic phone-aligned training speech
+    stream-avatar data prompts --out DIR                           real recorded prompts, force-aligned
     stream-avatar train motion --data DIR [--out models/motion]    trains the learned driver (resumable)
     stream-avatar train emotion --data DIR [--out models/emotion]  trains the emotion stage (resumable)
     stream-avatar eval motion [--data DIR]                         lip-sync report in benchmarks/results/
@@ -155,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--no-augment", action="store_true", help="clean audio only")
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    pr = data_sub.add_parser(
+        "prompts", help="real recorded prompts (Asterisk's US English voice), force-aligned, as a dataset"
+    )
+    pr.add_argument("--out", required=True, metavar="DIR", help="output directory (new or empty)")
+    pr.add_argument("--source", default="asterisk-en", help="recordings to use (default asterisk-en)")
+    pr.add_argument("--copies", type=int, default=4, help="the recording plus N-1 speaker warps (default 4)")
+    pr.add_argument("--seed", type=int, default=0, help="the same seed gives the same dataset")
+    pr.add_argument("--limit", type=int, default=0, help="use only the first N usable prompts (0: all)")
+    pr.add_argument("--workers", type=int, default=0, help="processes (default: one per CPU)")
+    pr.add_argument("--no-augment", action="store_true", help="no augmentation chain")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     corpus = data_sub.add_parser("corpus", help="read a CREMA-D / RAVDESS / MEAD folder: labels and splits")
     corpus.add_argument("root", metavar="DIR", help="the extracted corpus (its published layout)")
     corpus.add_argument(
@@ -182,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tm.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out and start over")
     tm.add_argument("--eval-every", type=int, default=None, help="validate every N steps (default 500)")
+    tm.add_argument(
+        "--babble-p", type=float, default=None, help="share of streams with babble mixed in (default 0.5)"
+    )
+    tm.add_argument(
+        "--babble-talkers", type=int, default=None, help="at most this many babbling talkers (default 4)"
+    )
     tm.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     tm.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -384,6 +403,8 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_data(args: argparse.Namespace, cfg: Config) -> int:
     if args.data_command == "corpus":
         return _cmd_corpus(args)
+    if args.data_command == "prompts":
+        return _cmd_prompts(args)
     from tqdm import tqdm
 
     try:
@@ -432,6 +453,43 @@ def cmd_data(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _cmd_prompts(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    try:
+        from stream_avatar.data.prompts import MissingSourceError, PromptsConfig, build_dataset
+    except ImportError as exc:
+        raise UserError(f"the data engine needs the train extra (pip install -e '.[train]'): {exc}") from None
+    try:
+        config = PromptsConfig(
+            source=args.source,
+            copies=args.copies,
+            seed=args.seed,
+            augment=not args.no_augment,
+            limit=args.limit,
+            workers=args.workers,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    with tqdm(unit="prompt", disable=args.no_progress or not sys.stderr.isatty()) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            info = build_dataset(args.out, config, progress=progress)
+        except (MissingSourceError, ValueError) as exc:
+            raise UserError(str(exc)) from None
+    print(
+        f"{info['prompts_used']} prompts ({info['source_hours'] * 60:.1f} min) -> {info['utterances']} "
+        f"utterances, {info['hours']:.2f} h in {info['wall_s']:.0f} s; left out: {info['prompts_left_out']}",
+        file=sys.stderr,
+    )
+    print(Path(args.out).resolve())
+    return 0
+
+
 def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     from tqdm import tqdm
 
@@ -443,7 +501,7 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
 
     data = _check_datasets(args.data)
     kw: dict[str, Any] = {"seed": args.seed, "threads": args.threads}
-    for key in ("steps", "batch", "lr", "eval_every"):
+    for key in ("steps", "batch", "lr", "eval_every", "babble_p", "babble_talkers"):
         if getattr(args, key) is not None:
             kw[key] = getattr(args, key)
     tcfg = TrainConfig(**kw)

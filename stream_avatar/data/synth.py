@@ -459,7 +459,9 @@ def _examples(plans: list[Plan], workers: int) -> Iterator[Example]:
 # ------------------------------------------------------------------------------------ writing
 
 
-class _ShardWriter:
+class ShardWriter:
+    """Writes utterances into safetensors shards of about ``shard_seconds`` of audio each."""
+
     def __init__(self, out_dir: Path, shard_seconds: float) -> None:
         self.out_dir = out_dir
         self.shard_seconds = shard_seconds
@@ -475,13 +477,23 @@ class _ShardWriter:
         self.seconds = 0.0
 
     def add(self, ex: Example) -> dict[str, Any]:
-        ids = np.array([self.vocab.setdefault(s, len(self.vocab)) for s, _, _ in ex.phonemes], np.int32)
+        return self.add_arrays(ex.audio, ex.features, ex.targets, ex.phonemes)
+
+    def add_arrays(
+        self,
+        audio: np.ndarray,
+        features: np.ndarray,
+        targets: np.ndarray,
+        phonemes: list[tuple[str, int, int]],
+    ) -> dict[str, Any]:
+        """One utterance (int16 audio, float16 features and targets, phones in samples) → its offsets."""
+        ids = np.array([self.vocab.setdefault(s, len(self.vocab)) for s, _, _ in phonemes], np.int32)
         arrays = {
-            "audio": ex.audio,
-            "features": ex.features,
-            "targets": ex.targets,
-            "ps": np.array([a for _, a, _ in ex.phonemes], np.int32),
-            "pe": np.array([b for _, _, b in ex.phonemes], np.int32),
+            "audio": audio,
+            "features": features,
+            "targets": targets,
+            "ps": np.array([a for _, a, _ in phonemes], np.int32),
+            "pe": np.array([b for _, _, b in phonemes], np.int32),
             "pid": ids,
         }
         offsets = {}
@@ -489,7 +501,7 @@ class _ShardWriter:
             offsets[key] = [self.sizes[key], int(arr.shape[0])]
             self.parts[key].append(arr)
             self.sizes[key] += int(arr.shape[0])
-        self.seconds += ex.audio.size / SAMPLE_RATE_HZ
+        self.seconds += audio.size / SAMPLE_RATE_HZ
         return {
             "shard": f"shard-{self.index:05d}.safetensors",
             "audio": offsets["audio"],
@@ -549,7 +561,7 @@ def synthesize_dataset(
     split_of = assign_splits(speakers, config)
     target_s = config.hours * 3600.0
     workers = config.workers or (os.cpu_count() or 1)
-    writer = _ShardWriter(out, config.shard_minutes * 60.0)
+    writer = ShardWriter(out, config.shard_minutes * 60.0)
     done_s = 0.0
     counts: dict[str, Counter[str]] = {
         "split": Counter(),

@@ -19,20 +19,23 @@ With probability ``emotion_p`` the utterance's emotion (one-hot × intensity) is
 otherwise the neutral zero vector, so the model works without an emotion model and learns to use one.
 
 Feature-domain augmentation on top of the dataset's own (which is applied to the audio when the
-dataset is made): with probability ``babble_p`` 1-4 other training utterances are mixed in at 0-20 dB
-below the stream's speech level (babble: the mouth must follow the main voice, not every voice), and
-with probability ``band_p`` the mel bands are attenuated above 3.3-4 kHz and below 100-350 Hz (an
-8 kHz or telephone channel), and with probability ``eq_p`` a smooth random equaliser (a tilt and
-two slow ripples across the mel axis, up to about ±10 dB: another microphone, room or codec than
-the synthesizers'). All three work on mel powers, where independent signals add (their cross terms
-average out over a band), so no audio has to be re-synthesized per batch.
+dataset is made): with probability ``babble_p`` 1 to ``babble_talkers`` other training utterances are
+mixed in at 0-20 dB below the stream's speech level (babble: the mouth must follow the main voice,
+not every voice), and with probability ``band_p`` the mel bands are attenuated above 3.3-4 kHz and
+below 100-350 Hz (an 8 kHz or telephone channel), and with probability ``eq_p`` a smooth random
+equaliser (a tilt and two slow ripples across the mel axis, up to about ±10 dB: another microphone,
+room or codec than the synthesizers'). All three work on mel powers, where independent signals add
+(their cross terms average out over a band), so no audio has to be re-synthesized per batch.
 
 Loss: squared error of the mouth coefficients plus, with weight ``delta_weight``, squared error of
 their frame-to-frame change (the mouth must move when the target moves, and not jitter when it
 does not), viseme cross-entropy, and the speech-linked gestures.
 
-Resumable and reproducible: a checkpoint (weights, optimizer state, step; safetensors + JSON) is
-written every ``checkpoint_every`` steps and at the end; batch ``i`` is drawn from
+Shipped weights: the exponential moving average of the weights over the last ~``1/(1-ema)`` steps
+(``ema``), kept beside the raw weights in every checkpoint.
+
+Resumable and reproducible: a checkpoint (weights, their average, optimizer state, step; safetensors +
+JSON) is written every ``checkpoint_every`` steps and at the end; batch ``i`` is drawn from
 ``np.random.default_rng([seed, i])`` and torch is seeded per step, so a resumed run continues exactly
 as an uninterrupted one would.
 """
@@ -167,6 +170,7 @@ class TrainConfig:
     seed: int = 0
     emotion_p: float = 0.5
     babble_p: float = 0.5
+    babble_talkers: int = 4  # at most this many other utterances in one babble mix
     band_p: float = 0.3
     eq_p: float = 0.5
     delta_weight: float = 1.0
@@ -175,8 +179,16 @@ class TrainConfig:
     checkpoint_every: int = 250
     eval_every: int = 500
     threads: int = 0  # 0: torch's default
+    # Exponential moving average of the weights (0: off). The EMA weights are what is evaluated and
+    # shipped: single late checkpoints of this model moved real-speech r by +-0.02 from one to the
+    # next (the last batches' draw); the average over the last ~1/(1-ema) steps does not.
+    ema: float = 0.998
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.babble_p <= 1.0 or not 1 <= self.babble_talkers <= 16:
+            raise ValueError(f"babble_p must be in [0, 1] and babble_talkers 1-16: {self}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.steps < 1 or self.batch < 1 or not 0.4 <= self.crop_s <= 30 or self.lr <= 0:
             raise ValueError(f"bad training settings: {self}")
 
@@ -193,13 +205,15 @@ def _with_energy(mel_power: np.ndarray, old: np.ndarray) -> np.ndarray:
     return np.concatenate([np.log(mel_power + EPS), energy[:, None]], axis=1).astype(np.float32)
 
 
-def mix_babble(rows: np.ndarray, tracks: Sequence[Track], rng: np.random.Generator) -> np.ndarray:
-    """Rows (T, N_FEATURES) + 1-4 other utterances (tiled from random offsets) at 0-20 dB below the
-    stream's speech level, added as powers."""
+def mix_babble(
+    rows: np.ndarray, tracks: Sequence[Track], rng: np.random.Generator, max_talkers: int = 4
+) -> np.ndarray:
+    """Rows (T, N_FEATURES) + 1 to ``max_talkers`` other utterances (tiled from random offsets) at
+    0-20 dB below the stream's speech level, added as powers."""
     power = np.exp(rows.astype(np.float64))
     level = np.median(np.sort(power[:, N_MELS])[power.shape[0] // 2 :])  # louder half: speech
     babble = np.zeros_like(power)
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(1, max_talkers + 1))):
         other = tracks[int(rng.integers(len(tracks)))].rows
         idx = (int(rng.integers(other.shape[0])) + np.arange(rows.shape[0])) % other.shape[0]
         op = np.exp(other[idx].astype(np.float64))
@@ -249,7 +263,7 @@ def make_batch(
                 break
         rows = np.concatenate([p.rows for p in parts])
         if rng.uniform() < cfg.babble_p:
-            rows = mix_babble(rows, tracks, rng)
+            rows = mix_babble(rows, tracks, rng, cfg.babble_talkers)
         if rng.uniform() < cfg.band_p:
             rows = narrow_band(rows, rng)
         if rng.uniform() < cfg.eq_p:
@@ -347,14 +361,54 @@ def loss_fn(
 # ------------------------------------------------------------------------------------ checkpoints
 
 
+EMA_PREFIX = "ema."
+
+
 def save_checkpoint(
-    out_dir: Path, net: Audio2MotionNet, opt: torch.optim.Optimizer, step: int, info: dict[str, Any]
+    out_dir: Path,
+    net: Audio2MotionNet,
+    opt: torch.optim.Optimizer,
+    step: int,
+    info: dict[str, Any],
+    ema: dict[str, torch.Tensor] | None = None,
 ) -> Path:
+    """The weights (and, when kept, their moving average under ``ema.``), optimizer and meta."""
     meta = {"step": step, "model": net.config.to_json(), **info}
-    return checkpoint.save(out_dir, dict(net.state_dict()), opt, meta)
+    tensors = dict(net.state_dict())
+    if ema is not None:
+        tensors.update({EMA_PREFIX + k: v for k, v in ema.items()})
+    return checkpoint.save(out_dir, tensors, opt, meta)
 
 
 load_checkpoint = checkpoint.load
+
+
+def _split_ema(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Checkpoint tensors → (weights, their moving average; empty when the run kept none)."""
+    weights = {k: v for k, v in tensors.items() if not k.startswith(EMA_PREFIX)}
+    ema = {k[len(EMA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
+    return weights, ema
+
+
+@torch.no_grad()
+def _update_ema(ema: dict[str, torch.Tensor], net: Audio2MotionNet, decay: float, step: int) -> None:
+    """ema ← d·ema + (1−d)·weights, with d ramped up over the first steps (early weights are noise)."""
+    d = min(decay, (1.0 + step) / (10.0 + step))
+    for k, v in net.state_dict().items():
+        if v.dtype.is_floating_point:
+            ema[k].mul_(d).add_(v.detach(), alpha=1.0 - d)
+        else:
+            ema[k].copy_(v)
+
+
+def _ema_net(net: Audio2MotionNet, ema: dict[str, torch.Tensor] | None) -> Audio2MotionNet:
+    """A copy of the network holding the averaged weights (the network itself when none are kept)."""
+    if ema is None:
+        return net
+    copy = Audio2MotionNet(net.config)
+    copy.load_state_dict(ema)
+    copy.eval()
+    return copy
 
 
 # ------------------------------------------------------------------------------------ training
@@ -404,8 +458,14 @@ def train(
     start = 0
     history: list[dict[str, Any]] = []
     elapsed = 0.0
+    ema: dict[str, torch.Tensor] | None = None
+    if cfg.ema > 0:
+        ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
     if ckpt is not None:
-        net.load_state_dict(ckpt[0])
+        weights, saved_ema = _split_ema(ckpt[0])
+        net.load_state_dict(weights)
+        if ema is not None:
+            ema = {k: v.clone() for k, v in (saved_ema or weights).items()}
         checkpoint.load_optimizer(opt, ckpt[1], ckpt[2]["optimizer"])
         start = int(ckpt[2]["step"])
         history = list(ckpt[2].get("history", []))
@@ -425,6 +485,8 @@ def train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
+        if ema is not None:
+            _update_ema(ema, net, cfg.ema, step)
         for k, v in parts.items():
             running[k] = 0.98 * running.get(k, v) + 0.02 * v
         done = step + 1
@@ -433,7 +495,7 @@ def train(
         entry: dict[str, Any] | None = None
         if evaluate is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
             net.eval()
-            scores = evaluate(MotionModel(net))
+            scores = evaluate(MotionModel(_ema_net(net, ema)))
             net.train()
             entry = {"step": done, **{k: round(v, 4) for k, v in running.items()}, **scores}
             history.append(entry)
@@ -445,9 +507,9 @@ def train(
                 "train_seconds": round(elapsed + time.perf_counter() - t0, 1),
                 **data_info,
             }
-            save_checkpoint(out, net, opt, done, info)
+            save_checkpoint(out, net, opt, done, info, ema)
     net.eval()
-    model = MotionModel(net)
+    model = MotionModel(_ema_net(net, ema))
     total_s = elapsed + time.perf_counter() - t0
     model.save(
         out,
