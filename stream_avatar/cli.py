@@ -457,7 +457,7 @@ def _cmd_prompts(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     try:
-        from stream_avatar.data.prompts import MissingSourceError, PromptsConfig, build_dataset
+        from stream_avatar.data.prompts import MissingPackageError, PromptsConfig, build_dataset
     except ImportError as exc:
         raise UserError(f"the data engine needs the train extra (pip install -e '.[train]'): {exc}") from None
     try:
@@ -479,7 +479,7 @@ def _cmd_prompts(args: argparse.Namespace) -> int:
 
         try:
             info = build_dataset(args.out, config, progress=progress)
-        except (MissingSourceError, ValueError) as exc:
+        except (MissingPackageError, ValueError) as exc:
             raise UserError(str(exc)) from None
     print(
         f"{info['prompts_used']} prompts ({info['source_hours'] * 60:.1f} min) -> {info['utterances']} "

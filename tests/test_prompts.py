@@ -63,7 +63,7 @@ def test_transcript_file_is_read_in_order(tmp_path: Path) -> None:
     p = tmp_path / "t.txt.gz"
     p.write_bytes(gzip.compress(b"; comment\n\nb-one: Hello: world.\na/two: Two.\nno colon\nb-one: again\n"))
     assert prompts.read_transcripts(p) == {"b-one": "Hello: world.", "a/two": "Two."}
-    with pytest.raises(prompts.MissingSourceError, match="apt-get install pkg"):
+    with pytest.raises(prompts.MissingPackageError, match="apt-get install pkg"):
         prompts.read_transcripts(tmp_path / "absent.txt", package="pkg")
 
 

@@ -49,13 +49,13 @@ from typing import Any
 import numpy as np
 
 from stream_avatar.data import expressive, visemes
+from stream_avatar.data.realspeech import MissingPackageError
 
 __all__ = [
     "ASTERISK_EN",
     "PromptSource",
     "PromptsConfig",
     "build_dataset",
-    "load_prompt_audio",
     "normalize_transcript",
     "read_transcripts",
 ]
@@ -69,12 +69,11 @@ SYNTHESIZER = "recorded"
 
 @dataclass(frozen=True)
 class PromptSource:
-    """Where a voice's recordings and transcripts are. ``audio_format``: FFmpeg's demuxer name."""
+    """Where a voice's recordings (any format FFmpeg reads) and their transcripts are."""
 
     name: str
     audio_dir: str
     audio_ext: str
-    audio_format: str
     transcripts: str
     package_audio: str
     package_text: str
@@ -88,7 +87,6 @@ ASTERISK_EN = PromptSource(
     name="asterisk-en",
     audio_dir="/usr/share/asterisk/sounds/en_US_f_Allison",
     audio_ext=".g722",
-    audio_format="g722",
     transcripts="/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz",
     package_audio="asterisk-core-sounds-en-g722",
     package_text="asterisk-core-sounds-en",
@@ -98,10 +96,6 @@ ASTERISK_EN = PromptSource(
     licence="CC-BY-SA-3.0 (Allison Smith, Asterisk core sounds)",
 )
 SOURCES = {ASTERISK_EN.name: ASTERISK_EN}
-
-
-class MissingSourceError(FileNotFoundError):
-    """The recordings or transcripts are not installed (the message names the Debian package)."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +127,7 @@ def read_transcripts(path: str | os.PathLike[str], package: str = "") -> dict[st
     """``name: text`` lines (``;`` comments, gzip or plain) → {name: text}, in file order."""
     p = Path(path)
     if not p.is_file():
-        raise MissingSourceError(
+        raise MissingPackageError(
             f"{p} not found: install the Debian package {package} (apt-get install {package})"
         )
     raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
@@ -170,29 +164,6 @@ def normalize_transcript(text: str) -> tuple[str | None, str]:
     return " ".join(words), ""
 
 
-# ------------------------------------------------------------------------------------ audio
-
-
-def load_prompt_audio(path: str | os.PathLike[str], audio_format: str) -> np.ndarray:
-    """(n,) float32 at 16 kHz, mono, from any file FFmpeg reads (``audio_format``: its demuxer)."""
-    import av
-
-    from stream_avatar.audio.resample import resample
-
-    chunks: list[np.ndarray] = []
-    with av.open(str(path), format=audio_format or None) as container:
-        stream = container.streams.audio[0]
-        rate = int(stream.codec_context.sample_rate or SAMPLE_RATE_HZ)
-        for frame in container.decode(stream):
-            x = frame.to_ndarray()
-            if x.dtype == np.int16:
-                x = x.astype(np.float32) / 32768.0
-            x = x.astype(np.float32)
-            chunks.append(x.mean(axis=0) if x.ndim == 2 and x.shape[0] > 1 else x.reshape(-1))
-    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    return resample(audio, rate, SAMPLE_RATE_HZ).astype(np.float32)
-
-
 # ------------------------------------------------------------------------------------ examples
 
 
@@ -213,7 +184,7 @@ def _prompt_examples(job: _Job, cfg: PromptsConfig) -> dict[str, Any]:
     from stream_avatar.data.warp import Warp, apply_warp, random_warp
 
     src = SOURCES[cfg.source]
-    speech = load_prompt_audio(job.path, src.audio_format)
+    speech = realspeech.load_source_audio(job.path, "wav", package=src.package_audio)
     try:
         al = realspeech.align(speech, job.text)
     except RuntimeError as err:
@@ -294,7 +265,7 @@ def plan_jobs(cfg: PromptsConfig) -> tuple[list[_Job], Counter[str]]:
     texts = read_transcripts(src.transcripts, src.package_text)
     root = Path(src.audio_dir)
     if not root.is_dir():
-        raise MissingSourceError(
+        raise MissingPackageError(
             f"{root} not found: install the Debian package {src.package_audio} "
             f"(apt-get install {src.package_audio})"
         )
