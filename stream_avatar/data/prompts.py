@@ -11,9 +11,10 @@ and brows of a neutral face).
 
 Source (``ASTERISK_EN``): the Asterisk PBX core prompts in US English, read by Allison Smith
 (Debian ``asterisk-core-sounds-en-g722``: G.722, 16 kHz wideband, 50-7000 Hz; transcripts in
-``asterisk-core-sounds-en``'s ``core-sounds-en.txt.gz``; CC-BY-SA-3.0). About 560 prompts, 26 min:
-one real professional voice reading short sentences, words, digits and letters. Nothing of it is
-copied into the repository; ``stream-avatar data prompts`` reads the installed package.
+``asterisk-core-sounds-en``'s ``core-sounds-en.txt.gz``; CC-BY-SA-3.0). 569 transcribed prompts,
+508 of them usable (17.4 min): one real professional voice reading short sentences, words, digits
+and letters. Nothing of it is copied into the repository; ``stream-avatar data prompts`` reads the
+installed package.
 
 Each prompt is used ``copies`` times: copy 0 is the recording itself, the others are seeded speaker
 warps of it (``warp.random_warp``: pitch, vocal-tract length and rate; phone times scaled exactly),
@@ -208,7 +209,7 @@ def _prompt_examples(job: _Job, cfg: PromptsConfig) -> dict[str, Any]:
         audio = np.concatenate(
             [np.zeros(lead, np.float32), samples.astype(np.float32), np.zeros(tail, np.float32)]
         )
-        # A real line's floor is never digital zero (the prompts' own silences are trimmed to zero).
+        # The padding is digital zero; a real line's noise floor never is.
         audio = audio + rng.standard_normal(audio.size).astype(np.float32) * 3e-4
         phonemes = [(s, a + lead, b + lead) for s, a, b in phonemes if b > a]
         augmentation: dict[str, Any] = {}
