@@ -93,10 +93,7 @@ def _digest(folder: Path) -> str:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not (HAVE_SOURCE and HAVE_POCKETSPHINX):
-        pytest.skip(
-            f"needs apt-get install {SRC.package_audio} {SRC.package_text} and pip install pocketsphinx"
-        )
+    """One small dataset, built once; only the ``needs_source`` tests use it (they skip without it)."""
     out = tmp_path_factory.mktemp("prompts") / "a"
     _build(out, "1")
     return out
