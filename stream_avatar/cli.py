@@ -152,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated: espeak, festival, flite (default: espeak + those installed)",
     )
+    synth.add_argument(
+        "--voice-quality",
+        action="store_true",
+        help="also render each emotion's voice quality (tilt, breathiness, tremor, tension): emotion data",
+    )
     synth.add_argument("--workers", type=int, default=0, help="processes (default: one per CPU)")
     synth.add_argument("--no-augment", action="store_true", help="clean audio only")
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -436,6 +441,7 @@ def cmd_data(args: argparse.Namespace, cfg: Config) -> int:
         workers=args.workers,
         synthesizers=tuple(x.strip() for x in (args.synthesizers or "").split(",") if x.strip()),
         text_language=args.text_language,
+        voice_quality=args.voice_quality,
     )
     total = args.hours * 3600.0
     with tqdm(total=round(total), unit="s audio", disable=args.no_progress or not sys.stderr.isatty()) as bar:

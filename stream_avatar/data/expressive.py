@@ -10,6 +10,18 @@ linearly. Every sample then gets its own random deviation on every parameter, wi
 same size as the differences between neighbouring emotions, so the labels overlap on each single
 feature (a classifier has to combine them, as with real speech) while the means differ as published.
 
+Voice quality (opt-in per dataset, ``DatasetConfig.voice_quality``). Prosody alone leaves the emotions
+overlapping and tied to the speaker's own baseline (a high voice is not a happy one). Real emotional
+speech also differs in *how* the voice is produced, largely independent of the speaker (Gobl & Ní
+Chasaide 2003, voice quality and affect; Juslin & Laukka 2003: high-frequency energy, jitter): anger
+is tense and harsh (strong high frequencies), happiness a little tense, sadness lax and breathy (weak
+high frequencies), fear whispery with a trembling pitch, disgust harsh and low, surprise a breathy
+onset and bright, contempt lax and a little harsh. ``render_voice_quality`` applies these to the
+synthesized speech as four measurable changes: a spectral tilt (shelf above ~1 kHz), aspiration noise
+that follows the speech envelope, a 4.5-7 Hz pitch tremor (a fractional delay line) with a matching
+amplitude tremor, and tension (soft saturation: added harmonics). Phone timings are unchanged (the
+tremor's delay stays under 1 ms). Intensity scales the shift; every sample jitters every parameter.
+
 Face. The expression follows the rig's FACS table (``stream_avatar.emotion.facs``) with natural
 dynamics: an onset shortly before the speech starts (150-450 ms rise), an apex at the sample's
 intensity with a slow drift, and an offset after the speech ends toward a lingering fraction. On top,
@@ -43,6 +55,22 @@ PROSODY: dict[str, tuple[float, float, float, float]] = {
     "surprised": (18.0, 1.50, 1.00, 1.15),
     "contempt": (-8.0, 0.80, 0.88, 0.85),
 }
+# emotion → (spectral tilt in dB above ~1 kHz, breathiness, tremor, tension) at intensity 1
+# (voice quality; see the module docstring). Breathiness: aspiration noise level re the speech
+# envelope; tremor: 1 = 60 cents of pitch modulation (and 15 % amplitude); tension: soft-saturation drive.
+VOICE_QUALITY: dict[str, tuple[float, float, float, float]] = {
+    "neutral": (0.0, 0.0, 0.0, 0.0),
+    "happy": (4.0, 0.0, 0.0, 0.3),
+    "angry": (7.0, 0.0, 0.0, 1.0),
+    "sad": (-6.0, 0.03, 0.3, 0.0),
+    "fear": (1.0, 0.025, 1.0, 0.0),
+    "disgusted": (-2.0, 0.0, 0.0, 0.7),
+    "surprised": (3.0, 0.015, 0.0, 0.0),
+    "contempt": (-4.0, 0.012, 0.0, 0.35),
+}
+# Per-sample spread: tilt in dB (also the speaker-to-speaker spread of a neutral voice), the others
+# absolute.
+VOICE_JITTER = (1.5, 0.005, 0.1, 0.1)
 # Per-sample spread (standard deviations): pitch in scale steps, the factors in log units.
 JITTER = (6.0, 0.18, 0.07, 0.10)
 # Articulation gain per emotion (jaw and lip excursion with vocal effort), at intensity 1.
@@ -105,6 +133,72 @@ def prosody_for(speaker: Speaker, emotion: str, intensity: float, rng: np.random
         rate_wpm=int(np.clip(round(rate), 90, 400)),
         volume=int(np.clip(round(volume), 30, 200)),
     )
+
+
+@dataclass(frozen=True)
+class VoiceQuality:
+    """Voice-quality parameters of one utterance (see ``VOICE_QUALITY``)."""
+
+    tilt_db: float
+    breath: float
+    tremor: float
+    tremor_hz: float
+    tension: float
+
+
+def voice_quality_for(emotion: str, intensity: float, rng: np.random.Generator) -> VoiceQuality:
+    """The emotion's voice quality × intensity + per-sample jitter (``VOICE_JITTER``)."""
+    tilt, breath, tremor, tension = VOICE_QUALITY[emotion]
+    j = rng.standard_normal(4) * np.asarray(VOICE_JITTER)
+    return VoiceQuality(
+        tilt_db=round(float(intensity * tilt + j[0]), 3),
+        breath=round(float(max(0.0, intensity * breath + j[1])), 4),
+        tremor=round(float(max(0.0, intensity * tremor + j[2])), 4),
+        tremor_hz=round(float(rng.uniform(4.5, 7.0)), 3),
+        tension=round(float(max(0.0, intensity * tension + j[3])), 4),
+    )
+
+
+def render_voice_quality(
+    samples: np.ndarray, vq: VoiceQuality, rng: np.random.Generator, sample_rate_hz: int = 16000
+) -> np.ndarray:
+    """Speech (n,) float → the same speech with ``vq``'s voice quality; same length, same RMS.
+
+    Hand-written because no maintained package renders these four changes on arbitrary speech (voice
+    conversion libraries resynthesize and would move the phone timings the labels depend on)."""
+    from scipy.signal import butter, lfilter, sosfilt
+
+    x = np.asarray(samples, np.float64).reshape(-1)
+    rms = float(np.sqrt(np.mean(x * x))) if x.size else 0.0
+    if rms <= 0.0:
+        return np.asarray(samples, np.float32).copy()
+    t = np.arange(x.size) / sample_rate_hz
+    phase = rng.uniform(0.0, 2.0 * math.pi)
+    if vq.tremor > 0.0:
+        # Pitch tremor: reading x at t + d(t) scales the instantaneous frequency by 1 + d'(t).
+        depth = (2.0 ** (60.0 * vq.tremor / 1200.0) - 1.0) / (2.0 * math.pi * vq.tremor_hz)
+        d = depth * np.sin(2.0 * math.pi * vq.tremor_hz * t + phase)
+        x = np.interp(np.clip(t + d, 0.0, t[-1]), t, x)
+        x = x * (1.0 + 0.15 * min(vq.tremor, 2.0) * np.sin(2.0 * math.pi * vq.tremor_hz * t + phase))
+    if vq.tension > 0.0:
+        drive = 1.0 + 4.0 * vq.tension
+        peak = float(np.max(np.abs(x))) or 1.0
+        x = np.tanh(drive * x / peak)
+    # Speech envelope (10 ms smoothing) for the aspiration noise.
+    a = math.exp(-1.0 / (0.01 * sample_rate_hz))
+    env = np.sqrt(np.maximum(lfilter([1.0 - a], [1.0, -a], x * x), 0.0))
+    if vq.breath > 0.0:
+        band = [1500.0, min(7000.0, 0.45 * sample_rate_hz)]
+        sos = butter(2, band, "bandpass", fs=sample_rate_hz, output="sos")
+        noise = sosfilt(sos, rng.standard_normal(x.size))
+        noise /= float(np.sqrt(np.mean(noise * noise))) or 1.0
+        x = x + vq.breath * env * noise
+    if vq.tilt_db != 0.0:
+        b = math.exp(-2.0 * math.pi * 1000.0 / sample_rate_hz)
+        low = lfilter([1.0 - b], [1.0, -b], x)
+        x = low + 10.0 ** (vq.tilt_db / 20.0) * (x - low)
+    out = x * (rms / (float(np.sqrt(np.mean(x * x))) or 1.0))
+    return np.clip(out, -1.0, 1.0).astype(np.float32)
 
 
 def _envelope(t: np.ndarray, start: float, end: float, rng: np.random.Generator) -> np.ndarray:

@@ -10,7 +10,7 @@ bytes whatever the number of worker processes):
   the vocabulary in ``dataset.json``).
 - ``manifest.jsonl``: one JSON object per utterance — id, shard and offsets into each array, text,
   language, synthesizer, voice, speaker, emotion, intensity, espeak parameters, warp (recorded
-  voices), augmentation applied, seed, split.
+  voices), voice quality (with ``voice_quality``), augmentation applied, seed, split.
 - ``dataset.json``: the configuration, phoneme vocabulary, per-language phoneme coverage, counts per
   split / language / emotion, the viseme table, and timing (wall time, real-time factor).
 
@@ -112,6 +112,9 @@ class DatasetConfig:
     # (they are the phones the voice produced), and recorded voices of languages without a sentence
     # pool (Italian, Catalan, Czech, Finnish, Russian Festival voices) become more real speakers.
     text_language: str | None = None
+    # Render each emotion's voice quality on the speech too (``expressive.render_voice_quality``):
+    # off for the motion datasets (their shipped model was trained without it), on for emotion data.
+    voice_quality: bool = False
 
     def __post_init__(self) -> None:
         if not self.synthesizers:
@@ -153,6 +156,7 @@ class Plan:
     intensity: float
     split: str
     augment: bool
+    voice_quality: bool = False
 
 
 @dataclass
@@ -167,6 +171,7 @@ class Example:
     prosody: expressive.Prosody
     augmentation: dict[str, Any] = field(default_factory=dict)
     warp: dict[str, Any] | None = None  # Festival: the warp and gain applied
+    voice: expressive.VoiceQuality | None = None  # the voice quality rendered, when the plan asks
 
 
 # ------------------------------------------------------------------------------------ planning
@@ -322,6 +327,7 @@ def make_plans(config: DatasetConfig, texts: dict[str, list[str]]) -> list[Plan]
                 intensity=round(intensity, 3),
                 split=splits[speaker.id],
                 augment=config.augment and bool(rng.uniform() < config.augment_probability),
+                voice_quality=config.voice_quality,
             )
         )
     return plans
@@ -387,6 +393,11 @@ def make_example(plan: Plan, festival_utt: Any = None) -> Example:
             volume=pros.volume,
         )
         speech, timeline = utt.samples, [(p.symbol, p.start, p.end) for p in utt.phonemes]
+    voice = None
+    if plan.voice_quality:  # its own random stream: the draws below stay those of a plain dataset
+        vq_rng = np.random.default_rng([plan.seed, 7])
+        voice = expressive.voice_quality_for(plan.emotion, plan.intensity, vq_rng)
+        speech = expressive.render_voice_quality(speech, voice, vq_rng, SAMPLE_RATE_HZ)
     lead = int(rng.uniform(0.15, 0.5) * SAMPLE_RATE_HZ)
     tail = int(rng.uniform(0.2, 0.6) * SAMPLE_RATE_HZ)
     audio = np.concatenate([np.zeros(lead, np.float32), speech, np.zeros(tail, np.float32)])
@@ -416,6 +427,7 @@ def make_example(plan: Plan, festival_utt: Any = None) -> Example:
         prosody=pros,
         augmentation=augmentation,
         warp=warp_info,
+        voice=voice,
     )
 
 
@@ -600,6 +612,8 @@ def synthesize_dataset(
                 }
                 if ex.warp is not None:
                     record["warp"] = ex.warp
+                if ex.voice is not None:
+                    record["voice_quality"] = asdict(ex.voice)
                 manifest.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
                 writer.flush()
                 n_utts += 1
