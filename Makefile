@@ -4,7 +4,7 @@ VENV ?= .venv
 # The CPU build of torch installs from a local file; an unpinned torch pulls a multi-GB CUDA build.
 # Override for a GPU machine, e.g. `make test TORCH_SPEC='torch==2.11.0'`.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,train,eval
+EXTRAS ?= dev,train,eval,c2pa
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stream_avatar-installed
 

@@ -38,6 +38,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests/test_portraits.py's builders
 
 from stream_avatar.avatar.store import DEFAULT_AVATAR_IMAGE  # noqa: E402
+
+# The portraits' provenance, recorded as their consent record (enrollment requires one).
+BENCH_CONSENT = (
+    "expression benchmark: public-domain portraits (NASA, US Navy via matplotlib, White House official "
+    "portraits) and images derived from them, for automated evaluation only"
+)
 from stream_avatar.emotion import facs  # noqa: E402
 from stream_avatar.eval.expression import CONDITIONS, SAME_PERSON_THRESHOLD, evaluate_expressions  # noqa: E402
 
@@ -330,7 +336,9 @@ def main() -> None:
             notes.append(f"Note: {SDIST} was not available, so the Obama and Biden portraits are left out.")
         portraits = build_portraits(tmp, sdist)
         people = {k: v for k, v in PEOPLE.items() if k in portraits}
-        result = evaluate_expressions(portraits, size=args.size, out_dir=tmp / "eval", people=people)
+        result = evaluate_expressions(
+            portraits, size=args.size, out_dir=tmp / "eval", people=people, consent=BENCH_CONSENT
+        )
         if result["identity"] is None:
             notes.append("Note: dlib is not installed; identity was not measured.")
         for p in result["portraits"].values():

@@ -1,6 +1,8 @@
 """The ``stream-avatar`` command line (also ``python -m stream_avatar``).
 
-    stream-avatar enroll IMAGE [--size 512] [--store DIR]          prints the avatar id
+    stream-avatar enroll IMAGE --consent TEXT | --consent-file PATH [--size 512] [--store DIR]
+                                                                   prints the avatar id
+    stream-avatar avatars list [--store DIR] [--json]              enrolled avatars and their consent
     stream-avatar render --audio WAV --out MP4 [--avatar IMAGE_OR_ID] [--size 512]
                          [--rig-out RIG.jsonl] [--driver learned|dsp] [--store DIR]
     stream-avatar serve [--host 127.0.0.1] [--port 8080] [--avatar IMAGE_OR_ID] [--size 512] ...
@@ -12,6 +14,8 @@
     stream-avatar train emotion --data DIR [--out models/emotion]  trains the emotion stage (resumable)
     stream-avatar eval motion [--data DIR]                         lip-sync report in benchmarks/results/
     stream-avatar eval emotion --data DIR                          emotion report in benchmarks/results/
+    stream-avatar verify FILE [--avatar-id ID] [--instance-id X]   watermark + provenance of a file/frame
+    stream-avatar review FILE --by NAME [--note TEXT]              mark a render as reviewed
 
 Global options: ``-v`` (info logs; ``-vv`` debug), ``--config FILE`` (TOML, see stream_avatar.config).
 User errors (bad audio, bad image, bad settings, missing files) print one line ``error: ...`` on stderr
@@ -30,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from stream_avatar.config import Config, ConfigError, load_config
+from stream_avatar.config import DISCLOSURE_POSITIONS, Config, ConfigError, load_config
 
 logger = logging.getLogger("stream_avatar.cli")
 
@@ -58,6 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     def add_common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--size", type=int, default=None, help="avatar size in pixels, even (default 512)")
         p.add_argument("--store", metavar="DIR", default=None, help="avatar store (default: user data dir)")
+        consent = p.add_mutually_exclusive_group()
+        consent.add_argument(
+            "--consent",
+            default=None,
+            metavar="TEXT",
+            help="consent record for a portrait enrolled by this command: who agreed, when, for what "
+            "(required to enroll a photo)",
+        )
+        consent.add_argument(
+            "--consent-file", default=None, metavar="PATH", help="the consent record as a text or JSON file"
+        )
 
     def add_render_opts(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -81,10 +96,55 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--device", default=None, help="render device: auto, cpu, cuda (default auto)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument(
+            "--no-disclosure",
+            dest="disclosure",
+            action="store_const",
+            const=False,
+            default=None,
+            help='leave out the visible "AI-generated" badge (logged as a warning: disclosure.enabled)',
+        )
+        p.add_argument("--disclosure-text", default=None, help='the badge\'s label (default "AI-generated")')
+        p.add_argument(
+            "--disclosure-position",
+            default=None,
+            choices=DISCLOSURE_POSITIONS,
+            help="the badge's corner (default bottom-right)",
+        )
+        p.add_argument("--disclosure-opacity", type=float, default=None, help="0.2-1 (default 0.85)")
+        p.add_argument(
+            "--allow-unconsented-avatars",
+            action="store_const",
+            const=True,
+            default=None,
+            help="also use avatars stored without a consent record (default: refused)",
+        )
+        p.add_argument(
+            "--audit-log", default=None, metavar="JSONL", help="audit log (default: audit.jsonl by the store)"
+        )
+        p.add_argument(
+            "--no-watermark",
+            dest="watermark",
+            action="store_const",
+            const=False,
+            default=None,
+            help="leave out the invisible watermark (logged as a warning: watermark.enabled)",
+        )
+        p.add_argument(
+            "--instance-id", default=None, help="this instance's name in the watermark (default: host name)"
+        )
 
-    enroll = sub.add_parser("enroll", help="enroll a portrait photo; prints the avatar id")
+    enroll = sub.add_parser(
+        "enroll", help="enroll a portrait photo with its consent record (--consent); prints the avatar id"
+    )
     enroll.add_argument("image", metavar="IMAGE", help="portrait photo (jpg, png, ...)")
     add_common(enroll)
+
+    avatars = sub.add_parser("avatars", help="the avatar store: list enrolled avatars and their consent")
+    avatars_sub = avatars.add_subparsers(dest="avatars_command", required=True, metavar="ACTION")
+    av_list = avatars_sub.add_parser("list", help="one line per avatar: id, size, source, consent record")
+    av_list.add_argument("--store", metavar="DIR", default=None, help="avatar store (default: user data dir)")
+    av_list.add_argument("--json", action="store_true", help="one JSON object per avatar (its meta.json)")
 
     render = sub.add_parser("render", help="render an audio file with an avatar to an MP4")
     source = render.add_mutually_exclusive_group(required=True)
@@ -97,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--out", required=True, metavar="MP4", help="output video file")
     render.add_argument("--avatar", default=None, metavar="IMAGE_OR_ID", help="image or avatar id")
     render.add_argument("--rig-out", default=None, metavar="RIG.jsonl", help="per-frame rigs as JSONL")
+    _add_c2pa_args(render)
     add_common(render)
     add_render_opts(render)
 
@@ -249,12 +310,45 @@ def build_parser() -> argparse.ArgumentParser:
     ee.add_argument("--per-split", type=int, default=400, help="utterances per held-out split")
     ee.add_argument("--no-real", action="store_true", help="skip the real-speech set")
 
+    verify = sub.add_parser(
+        "verify", help="read the invisible watermark and the provenance of a recording (MP4/WebM) or frame"
+    )
+    verify.add_argument("file", metavar="FILE", help="a video (MP4, WebM, ...) or an image (PNG, JPEG, ...)")
+    verify.add_argument("--avatar-id", default=None, help="also say whether the mark matches this avatar id")
+    verify.add_argument("--instance-id", default=None, help="also say whether it matches this instance")
+    verify.add_argument("--json", action="store_true", help="the whole report as JSON")
+
+    review = sub.add_parser("review", help="mark a rendered file as reviewed (added to its provenance)")
+    review.add_argument("file", metavar="MP4", help="a file made by `stream-avatar render` or `demo`")
+    review.add_argument("--by", required=True, metavar="NAME", help="the reviewer")
+    review.add_argument("--note", default=None, help="what was checked, or a decision")
+    _add_c2pa_args(review)
+
     demo = sub.add_parser("demo", help="render a spoken demo sentence (espeak-ng) to ./out/demo.mp4")
     demo.add_argument("--text", default=DEMO_TEXT, help="sentence to speak")
     demo.add_argument("--avatar", default=None, metavar="IMAGE_OR_ID", help="image or avatar id")
     add_common(demo)
     add_render_opts(demo)
     return parser
+
+
+def _add_c2pa_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--c2pa-cert",
+        default=None,
+        metavar="PEM",
+        help="sign a C2PA manifest with this PEM certificate chain (needs c2pa-python; "
+        "env STREAM_AVATAR_C2PA_CERT)",
+    )
+    p.add_argument(
+        "--c2pa-key", default=None, metavar="PEM", help="the signing key (env STREAM_AVATAR_C2PA_KEY)"
+    )
+
+
+def _signing(args: argparse.Namespace) -> Any:
+    from stream_avatar.provenance.record import SigningConfig
+
+    return SigningConfig.from_args(getattr(args, "c2pa_cert", None), getattr(args, "c2pa_key", None))
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -269,6 +363,15 @@ def _config(args: argparse.Namespace) -> Config:
         "port": getattr(args, "port", None),
         "latency_budget_ms": getattr(args, "latency_budget_ms", None),
         "max_sessions": getattr(args, "max_sessions", None),
+        "disclosure": getattr(args, "disclosure", None),
+        "disclosure_text": getattr(args, "disclosure_text", None),
+        "disclosure_position": getattr(args, "disclosure_position", None),
+        "disclosure_opacity": getattr(args, "disclosure_opacity", None),
+        "allow_unconsented_avatars": getattr(args, "allow_unconsented_avatars", None),
+        "audit_log": getattr(args, "audit_log", None),
+        "watermark": getattr(args, "watermark", None),
+        # verify's --instance-id is a name to check against, not this instance's setting
+        "instance_id": None if args.command == "verify" else getattr(args, "instance_id", None),
     }
     ref = getattr(args, "emotion_ref", None)
     if ref is not None:
@@ -291,11 +394,48 @@ def _progress(args: argparse.Namespace) -> bool:
     return not args.no_progress and sys.stderr.isatty()
 
 
+def _consent(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The consent record from ``--consent`` / ``--consent-file``, or None when neither is given."""
+    from stream_avatar.avatar.consent import make_record, read_consent_file
+
+    if getattr(args, "consent_file", None) is not None:
+        return read_consent_file(args.consent_file)
+    if getattr(args, "consent", None) is not None:
+        return make_record(args.consent, source="--consent")
+    return None
+
+
 def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
     from stream_avatar.avatar.store import AvatarStore
 
-    avatar = AvatarStore(cfg.avatar.store_dir).enroll(args.image, size=cfg.avatar.size)
+    avatar = AvatarStore(cfg.avatar.store_dir).enroll(
+        args.image, size=cfg.avatar.size, consent=_consent(args)
+    )
     print(avatar.id)
+    return 0
+
+
+def cmd_avatars(args: argparse.Namespace, cfg: Config) -> int:
+    import json
+
+    from stream_avatar.avatar.consent import summary
+    from stream_avatar.avatar.store import AvatarStore
+
+    store = AvatarStore(cfg.avatar.store_dir)
+    entries = store.entries()
+    if args.json:
+        for meta in entries:
+            print(json.dumps(meta, ensure_ascii=False))
+        return 0
+    if not entries:
+        print(f"no avatars in {store.root}", file=sys.stderr)
+        return 0
+    print(f"{'ID':<16}  {'SIZE':>4}  {'SOURCE':<24}  CONSENT")
+    for meta in entries:
+        source = str(meta.get("source_name") or "-")
+        source = source if len(source) <= 24 else source[:23] + "…"
+        consent = "DAMAGED entry" if meta.get("damaged") else summary(meta.get("consent"))
+        print(f"{meta['id']:<16}  {meta.get('size', '-')!s:>4}  {source:<24}  {consent}")
     return 0
 
 
@@ -306,6 +446,8 @@ def _render(
     rig_out: str | None,
     progress: bool,
     script: str | None = None,
+    consent: dict[str, Any] | None = None,
+    signing: Any = None,
 ) -> Path:
     from stream_avatar.offline import render_file
 
@@ -323,6 +465,12 @@ def _render(
         device=cfg.engine.device,
         fps=cfg.engine.fps,
         max_buffer_s=cfg.engine.max_buffer_s,
+        consent=consent,
+        allow_unconsented_avatars=cfg.avatar.allow_unconsented_avatars,
+        disclosure=cfg.disclosure,
+        audit_log=cfg.audit.path,
+        watermark=cfg.watermark,
+        signing=signing,
     )
     print(
         f"rendered {result.frames} frames ({result.duration_s:.2f} s) in {result.wall_s:.1f} s, "
@@ -333,8 +481,75 @@ def _render(
 
 
 def cmd_render(args: argparse.Namespace, cfg: Config) -> int:
-    path = _render(args.audio, Path(args.out), cfg, args.rig_out, _progress(args), script=args.script)
+    path = _render(
+        args.audio,
+        Path(args.out),
+        cfg,
+        args.rig_out,
+        _progress(args),
+        script=args.script,
+        consent=_consent(args),
+        signing=_signing(args),
+    )
     print(path)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
+    """Watermark (``provenance.watermark``) + provenance record and C2PA manifest (``provenance.record``)."""
+    import json
+
+    from stream_avatar.provenance import record as provenance
+    from stream_avatar.provenance.watermark import format_report, verify_file
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise UserError(f"no such file: {path}")
+    try:
+        report = verify_file(path, instance_id=args.instance_id, avatar_id=args.avatar_id)
+    except av_errors() as exc:
+        raise UserError(f"cannot read {path} as an image or a video: {exc}") from None
+    report["provenance"] = provenance.read_record(path)
+    report["c2pa"] = provenance.read_c2pa(path)
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False, default=str))
+        return 0
+    print(format_report(report))
+    rec = report["provenance"]
+    if rec is None:
+        print("  provenance: no stream_avatar record in the file's metadata")
+    else:
+        print(
+            f"  provenance: {rec.get('generator')} {rec.get('version')}, avatar {rec.get('avatar_id')}, "
+            f"emotion {rec.get('emotion')}, made {rec.get('created')}"
+        )
+        reviews = rec.get("reviews") or []
+        if not reviews:
+            print("  reviewed: no")
+        for r in reviews:
+            note = f": {r['note']}" if r.get("note") else ""
+            print(f"  reviewed by {r.get('by')} at {r.get('at')}{note}")
+    c2 = report["c2pa"]
+    if c2 is not None:
+        signer = f", signed by {c2['signer']}" if c2.get("signer") else ""
+        print(f"  C2PA manifest: {c2['validation_state']}{signer}, {len(c2['reviews'])} signed review(s)")
+    elif provenance.c2pa_available():
+        print("  C2PA manifest: none")
+    return 0
+
+
+def av_errors() -> tuple[type[BaseException], ...]:
+    import av
+
+    return (av.error.FFmpegError, ValueError)
+
+
+def cmd_review(args: argparse.Namespace, cfg: Config) -> int:
+    from stream_avatar.provenance.record import review_file
+
+    rec = review_file(args.file, args.by, args.note, signing=_signing(args))
+    last = rec["reviews"][-1]
+    print(f"{Path(args.file).resolve()}: reviewed by {last['by']} at {last['at']}")
     return 0
 
 
@@ -366,6 +581,7 @@ def cmd_sheet(args: argparse.Namespace, cfg: Config) -> int:
         store_dir=cfg.avatar.store_dir,
         device=resolve_device(cfg.engine.device),
         cell_px=args.cell,
+        consent=_consent(args),
     )
     print(path.resolve())
     return 0
@@ -375,7 +591,7 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     with tempfile.TemporaryDirectory(prefix="stream-avatar-demo-") as tmp:
         wav = Path(tmp) / "demo.wav"
         synthesize_demo(args.text, wav)
-        path = _render(wav, DEMO_OUT, cfg, None, _progress(args))
+        path = _render(wav, DEMO_OUT, cfg, None, _progress(args), consent=_consent(args))
     print(path)
     return 0
 
@@ -383,7 +599,7 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
     from stream_avatar.server.app import build_server, run_server
 
-    server = build_server(cfg)
+    server = build_server(cfg, consent=_consent(args))
     print("preparing the avatar ...", file=sys.stderr, flush=True)
     server.preload("default")  # enroll/load before listening: the first visitor does not wait for it
     cost = server.calibrate("default")
@@ -676,6 +892,7 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "enroll": cmd_enroll,
+    "avatars": cmd_avatars,
     "render": cmd_render,
     "demo": cmd_demo,
     "sheet": cmd_sheet,
@@ -684,6 +901,8 @@ _COMMANDS = {
     "data": cmd_data,
     "train": cmd_train,
     "eval": cmd_eval,
+    "verify": cmd_verify,
+    "review": cmd_review,
 }
 
 

@@ -18,6 +18,20 @@ TOML layout (every key optional)::
     spec = "portrait.jpg"    # an image path or an enrolled avatar id; empty = the default avatar
     size = 512
     store_dir = "~/avatars"
+    allow_unconsented_avatars = false  # true: also use avatars stored without a consent record
+
+    [disclosure]
+    enabled = true           # the visible "AI-generated" badge on every output frame (false is logged)
+    text = "AI-generated"
+    position = "bottom-right"  # top-left, top-right, bottom-left, bottom-right
+    opacity = 0.85           # 0.2..1
+
+    [audit]
+    path = ""                # JSON-lines audit log; empty = audit.jsonl in the avatar store's data dir
+
+    [watermark]
+    enabled = true           # the invisible mark (instance, avatar, time) in every output frame
+    instance_id = ""         # this server's name in the mark; empty = the host name
 
     [server]
     host = "127.0.0.1"
@@ -33,7 +47,10 @@ Environment variables use the key name: ``STREAM_AVATAR_FPS``, ``STREAM_AVATAR_D
 ``STREAM_AVATAR_AVATAR`` (the spec), ``STREAM_AVATAR_SIZE``, ``STREAM_AVATAR_STORE_DIR``,
 ``STREAM_AVATAR_HOST``, ``STREAM_AVATAR_PORT``,
 ``STREAM_AVATAR_LATENCY_BUDGET_MS``, ``STREAM_AVATAR_MAX_SESSIONS``, ``STREAM_AVATAR_CPU_FRACTION``,
-``STREAM_AVATAR_AUDIO_JITTER_PREFETCH``.
+``STREAM_AVATAR_AUDIO_JITTER_PREFETCH``, ``STREAM_AVATAR_ALLOW_UNCONSENTED_AVATARS``,
+``STREAM_AVATAR_DISCLOSURE`` (the badge on or off), ``STREAM_AVATAR_DISCLOSURE_TEXT``,
+``STREAM_AVATAR_DISCLOSURE_POSITION``, ``STREAM_AVATAR_DISCLOSURE_OPACITY``, ``STREAM_AVATAR_AUDIT_LOG``,
+``STREAM_AVATAR_WATERMARK`` (the invisible mark on or off), ``STREAM_AVATAR_INSTANCE_ID``.
 """
 
 from __future__ import annotations
@@ -108,15 +125,82 @@ class AvatarConfig:
     spec: image path or enrolled avatar id; None means the shipped default avatar.
     size: square crop size in pixels (even, for yuv420p video).
     store_dir: avatar store root; None means the per-user data directory.
+    allow_unconsented_avatars: also render avatars stored without a consent record (enrolled before
+      consent was recorded). Off: such avatars are refused; enrolling always needs a record.
     """
 
     spec: str | None = None
     size: int = 512
     store_dir: Path | None = None
+    allow_unconsented_avatars: bool = False
 
     def __post_init__(self) -> None:
         if not 64 <= self.size <= 2048 or self.size % 2:
             raise ConfigError(f"size must be an even number of pixels in 64..2048, got {self.size}")
+
+
+DISCLOSURE_POSITIONS: tuple[str, ...] = ("top-left", "top-right", "bottom-left", "bottom-right")
+DISCLOSURE_MAX_TEXT = 40
+
+
+@dataclass(frozen=True)
+class DisclosureConfig:
+    """The visible "AI-generated" badge composited into every output frame (live and offline).
+
+    enabled: on by default; turning it off is an explicit choice, logged as a warning at start.
+    text: the label, printable ASCII (the badge font's character set), at most 40 characters.
+    position: the corner, one of ``DISCLOSURE_POSITIONS``.
+    opacity: of the badge (its backing box is a little more transparent), 0.2..1: always legible.
+    """
+
+    enabled: bool = True
+    text: str = "AI-generated"
+    position: str = "bottom-right"
+    opacity: float = 0.85
+
+    def __post_init__(self) -> None:
+        text = self.text.strip()
+        if not text:
+            raise ConfigError("disclosure text must not be empty (to remove the badge, set enabled = false)")
+        if len(text) > DISCLOSURE_MAX_TEXT or not all(" " <= ch <= "~" for ch in text):
+            raise ConfigError(
+                f"disclosure text must be printable ASCII, at most {DISCLOSURE_MAX_TEXT} characters, "
+                f"got {self.text[:60]!r}"
+            )
+        if self.position not in DISCLOSURE_POSITIONS:
+            raise ConfigError(
+                f"disclosure position must be one of {', '.join(DISCLOSURE_POSITIONS)}, got {self.position!r}"
+            )
+        if not 0.2 <= self.opacity <= 1.0:
+            raise ConfigError(f"disclosure opacity must lie in 0.2..1, got {self.opacity}")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The audit log: which avatar each session or render used, when and from where (no audio).
+
+    path: the JSON-lines file (appended to, never rotated); None means ``audit.jsonl`` in the avatar
+      store's data directory (``stream_avatar.provenance.audit.default_audit_path``).
+    """
+
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class WatermarkConfig:
+    """The invisible watermark in every output frame (``stream_avatar.provenance.watermark``): this
+    instance's id, the avatar's id and the time, read back by ``stream-avatar verify``.
+
+    enabled: on by default; turning it off is an explicit choice, logged as a warning at start.
+    instance_id: the name this server or machine goes by in the mark; empty means the host name.
+    """
+
+    enabled: bool = True
+    instance_id: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.instance_id) > 200:
+            raise ConfigError("watermark instance_id must be at most 200 characters")
 
 
 @dataclass(frozen=True)
@@ -153,6 +237,9 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     avatar: AvatarConfig = field(default_factory=AvatarConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    disclosure: DisclosureConfig = field(default_factory=DisclosureConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    watermark: WatermarkConfig = field(default_factory=WatermarkConfig)
 
 
 # Flat key -> (section, field). The flat key is also the env suffix and the CLI override key.
@@ -165,6 +252,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "avatar": ("avatar", "spec"),
     "size": ("avatar", "size"),
     "store_dir": ("avatar", "store_dir"),
+    "allow_unconsented_avatars": ("avatar", "allow_unconsented_avatars"),
     "host": ("server", "host"),
     "port": ("server", "port"),
     "latency_budget_ms": ("server", "latency_budget_ms"),
@@ -172,8 +260,24 @@ _KEYS: dict[str, tuple[str, str]] = {
     "max_viewers": ("server", "max_viewers"),
     "cpu_fraction": ("server", "cpu_fraction"),
     "audio_jitter_prefetch": ("server", "audio_jitter_prefetch"),
+    "disclosure": ("disclosure", "enabled"),
+    "disclosure_text": ("disclosure", "text"),
+    "disclosure_position": ("disclosure", "position"),
+    "disclosure_opacity": ("disclosure", "opacity"),
+    "audit_log": ("audit", "path"),
+    "watermark": ("watermark", "enabled"),
+    "instance_id": ("watermark", "instance_id"),
 }
-_SECTIONS: dict[str, type[Any]] = {"engine": EngineConfig, "avatar": AvatarConfig, "server": ServerConfig}
+_SECTIONS: dict[str, type[Any]] = {
+    "engine": EngineConfig,
+    "avatar": AvatarConfig,
+    "server": ServerConfig,
+    "disclosure": DisclosureConfig,
+    "audit": AuditConfig,
+    "watermark": WatermarkConfig,
+}
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True}
+_BOOLS |= {"false": False, "0": False, "no": False, "off": False}
 
 
 def _parse(section: str, name: str, value: object, origin: str) -> object:
@@ -181,9 +285,15 @@ def _parse(section: str, name: str, value: object, origin: str) -> object:
     if section == "avatar" and name == "spec":
         text = str(value).strip()
         return text or None
-    if name == "store_dir":
+    if name == "store_dir" or (section, name) == ("audit", "path"):
         text = str(value).strip()
         return Path(text).expanduser() if text else None
+    if name in ("enabled", "allow_unconsented_avatars"):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOLS:
+            return _BOOLS[value.strip().lower()]
+        raise ConfigError(f"{origin}: {name} must be true or false, got {value!r}")
     kind = {
         "fps": int,
         "size": int,
@@ -194,6 +304,7 @@ def _parse(section: str, name: str, value: object, origin: str) -> object:
         "audio_jitter_prefetch": int,
         "max_buffer_s": float,
         "cpu_fraction": float,
+        "opacity": float,
     }.get(name, str)
     if kind is str:
         return str(value).strip()
@@ -246,8 +357,8 @@ def load_config(
     """Build the configuration once.
 
     overrides: flat keys of ``_KEYS`` (``fps``, ``size``, ``avatar``, ``store_dir``, ``driver``,
-      ``max_buffer_s``, ``device``, ``host``, ``port``) from CLI flags; ``None`` values are ignored
-      (flag not given).
+      ``max_buffer_s``, ``device``, ``host``, ``port``, ``disclosure``, ``audit_log``, ...) from CLI
+      flags; ``None`` values are ignored (flag not given).
     config_path: TOML file; if None, ``STREAM_AVATAR_CONFIG`` names one (optional).
     environ: the environment to read; ``None`` means ``os.environ`` (tests pass a dict).
 

@@ -8,6 +8,11 @@ sound and picture share one timeline by construction.
 
 The MP4 is written to a temporary file beside the target and renamed into place at the end: a failed
 or interrupted render leaves no partial file behind.
+
+``render_file`` is a user-facing output like a live session: the frames carry the visible
+"AI-generated" badge (``disclosure``; off only when configured, with a warning), the avatar must
+have a consent record (unless ``allow_unconsented_avatars``), and the render is written to the
+audit log (start and end: avatar, output path, input file name, frames; never audio).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -84,12 +90,14 @@ class Mp4Writer:
     encoders and finalises the file.
     """
 
-    def __init__(self, path: Path, fps: int) -> None:
+    def __init__(self, path: Path, fps: int, metadata: Mapping[str, str] | None = None) -> None:
         self.path = path
         self.fps = fps
         self.samples_per_frame = SAMPLE_RATE_HZ // fps
         # faststart puts the index first, so browsers can start playing before the download ends.
         self._container: Any = av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"})
+        if metadata:  # container tags (the provenance record): known before the header is written
+            self._container.metadata.update(metadata)
         self._video: Any = None
         self._audio: Any = None
         self.frames = 0
@@ -168,6 +176,7 @@ async def render_engine_to_file(
     rig_out: str | os.PathLike[str] | None = None,
     progress: bool = True,
     emotion_schedule: Sequence[tuple[int, Mapping[str, float]]] = (),
+    metadata: Mapping[str, str] | None = None,
 ) -> RenderResult:
     """Render ``samples`` through ``engine`` into an MP4 (and optionally a rig JSONL).
 
@@ -176,6 +185,7 @@ async def render_engine_to_file(
     rig_out: JSONL path; one line per frame: ``{"pts": seconds, "rig": {name: value}}``, plus
       ``"emotion": {name: p}`` (the frame's emotion probabilities) when the engine reports them.
     emotion_schedule: (sample index, emotion weights): the emotion from that sample on.
+    metadata: MP4 container tags (``provenance.record.container_metadata``).
     Raises ValueError when the audio yields no frame; nothing is left at ``out_path``/``rig_out`` on error.
     """
     out = Path(out_path)
@@ -192,7 +202,7 @@ async def render_engine_to_file(
         bar = stack.enter_context(
             tqdm(total=expected, unit="frame", desc=out.name, disable=not progress, leave=False)
         )
-        writer = Mp4Writer(tmp_mp4, fps)
+        writer = Mp4Writer(tmp_mp4, fps, metadata)
         stack.callback(writer.close)  # runs before the rename (ExitStack unwinds in reverse)
         engine.start()
         feeder = asyncio.create_task(_feed_file(engine, samples, sample_rate_hz, emotion_schedule))
@@ -252,6 +262,12 @@ def render_file(
     max_buffer_s: float = 2.0,
     emotion: Mapping[str, float] | None = None,
     script: str | os.PathLike[str] | None = None,
+    consent: Any = None,
+    allow_unconsented_avatars: bool = False,
+    disclosure: Any = None,
+    audit_log: str | os.PathLike[str] | None = None,
+    watermark: Any = None,
+    signing: Any = None,
 ) -> RenderResult:
     """Render an audio file (or a presenter script) with an avatar into an MP4 (blocking; runs its
     own event loop).
@@ -264,14 +280,29 @@ def render_file(
     driver_name: motion driver (``stream_avatar.session.engine.DRIVERS``).
     rig_out: optional JSONL of per-frame rigs. progress: tqdm bar on stderr.
     emotion: the operator's emotion as weights (``stream_avatar.emotion.facs.parse``); None: neutral.
+    consent: the consent record for an image ``avatar`` enrolled here (``AvatarStore.enroll``).
+    allow_unconsented_avatars: render an avatar stored without a consent record (else refused).
+    disclosure: the badge's ``DisclosureConfig`` (None: the default, on; disabled: logged warning).
+    audit_log: the audit file (None: ``default_audit_path(store_dir)``).
+    watermark: the invisible mark's ``WatermarkConfig`` (None: the default, on; disabled: logged).
+    signing: a ``provenance.record.SigningConfig``: the file also gets a signed C2PA manifest (needs
+      c2pa-python). Every render carries its provenance record (``provenance.record``) either way.
 
     Raises AudioFormatError (bad audio), ScriptError (bad script), EnrollmentError /
-    AvatarStoreError (bad avatar), all ValueErrors with one-line messages; checked before anything
-    is written.
+    AvatarStoreError (bad avatar), ConsentError (no consent record), all ValueErrors with one-line
+    messages; checked before anything is written.
     """
     from stream_avatar.audio.io import load_audio
+    from stream_avatar.avatar.consent import has_consent, require_consent
+    from stream_avatar.emotion.facs import format_spec
+    from stream_avatar.provenance import record as provenance
+    from stream_avatar.provenance.audit import AuditLog, default_audit_path
+    from stream_avatar.provenance.disclosure import make_badge
+    from stream_avatar.provenance.watermark import instance_name
     from stream_avatar.session.engine import build_engine
 
+    if signing is not None:
+        provenance._require_c2pa()  # before any work: a configured signature must not be skipped
     schedule: list[tuple[int, Mapping[str, float]]] = []
     if (audio_path is None) == (script is None):
         raise ValueError("give an audio file or a presenter script, not both")
@@ -285,7 +316,16 @@ def render_file(
     else:
         assert audio_path is not None
         samples, rate = load_audio(audio_path)  # first: a bad file fails before any heavy work
-    resolved = _resolve_avatar(avatar, size, store_dir)
+    resolved = _resolve_avatar(avatar, size, store_dir, consent)
+    require_consent(resolved, allow_unconsented=allow_unconsented_avatars)
+    if allow_unconsented_avatars and not has_consent(resolved.meta):
+        logger.warning(
+            "rendering an avatar without a consent record (setting avatar.allow_unconsented_avatars)",
+            extra={"avatar": resolved.id, "setting": "avatar.allow_unconsented_avatars"},
+        )
+    badge = make_badge(disclosure)
+    audit = AuditLog(audit_log if audit_log is not None else default_audit_path(store_dir))
+    audit.check()  # an unusable audit path fails before any work
     engine = build_engine(
         resolved,
         driver=driver_name,
@@ -294,17 +334,69 @@ def render_file(
         device=device,
         emotion=emotion,
         warn_when_behind=False,  # slower than real time is expected offline on a CPU
+        disclosure=badge,
+        watermark=watermark if watermark is not None else "default",
+    )
+    marked = engine.watermarked
+    record = provenance.make_record(
+        resolved.id,
+        format_spec(emotion or {})
+        if not schedule
+        else "script: " + ", ".join(format_spec(w) for _, w in schedule),
+        driver=driver_name,
+        instance_id=instance_name(watermark) if marked else None,
+        disclosure=badge is not None,
+        watermark=marked,
     )
     job = render_engine_to_file(
-        engine, samples, rate, out_path, rig_out=rig_out, progress=progress, emotion_schedule=schedule
+        engine,
+        samples,
+        rate,
+        out_path,
+        rig_out=rig_out,
+        progress=progress,
+        emotion_schedule=schedule,
+        metadata=provenance.container_metadata(record),
     )
-    return asyncio.run(job)
+    source = Path(os.fspath(audio_path if audio_path is not None else script)).name  # type: ignore[arg-type]
+    fields: dict[str, Any] = {
+        "session": secrets.token_hex(6),
+        "kind": "render",
+        "avatar": resolved.id,
+        "consented": has_consent(resolved.meta),
+        "remote": None,  # a local render
+        "out": str(Path(out_path).resolve()),
+        "input": source,
+        "disclosure": badge is not None,
+        "watermark": marked,
+    }
+    audit.record("render_start", **fields)
+    t0 = time.monotonic()
+    try:
+        result = asyncio.run(job)
+    except BaseException as exc:
+        audit.record("render_end", **fields, status="failed", error=type(exc).__name__)
+        raise
+    if signing is not None:
+        provenance.sign_file(result.path, signing)
+    audit.record(
+        "render_end",
+        **fields,
+        status="ok",
+        c2pa=signing is not None,
+        duration_s=round(result.duration_s, 3),
+        frames=result.frames,
+        wall_s=round(time.monotonic() - t0, 3),
+    )
+    return result
 
 
-def _resolve_avatar(avatar: Any, size: int, store_dir: str | os.PathLike[str] | None) -> Any:
+def _resolve_avatar(
+    avatar: Any, size: int, store_dir: str | os.PathLike[str] | None, consent: Any = None
+) -> Any:
     from stream_avatar.avatar.store import Avatar, AvatarStore
 
     if isinstance(avatar, Avatar):
         return avatar
     spec = os.fspath(avatar) if isinstance(avatar, os.PathLike) else avatar
-    return AvatarStore(store_dir).resolve(spec, size=size)
+    return AvatarStore(store_dir).resolve(spec, size=size, consent=consent)

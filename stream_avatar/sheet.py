@@ -118,8 +118,11 @@ def write_sheet(
     store_dir: str | os.PathLike[str] | None = None,
     device: str = "cpu",
     cell_px: int = 224,
+    consent: Any = None,
 ) -> Path:
-    """Enroll/load the avatar, render the sheet, write it (PNG, or JPEG at quality 90); returns the path."""
+    """Enroll/load the avatar, render the sheet, write it (PNG, or JPEG at quality 90); returns the path.
+
+    consent: the consent record for a portrait image enrolled here (``AvatarStore.enroll``)."""
     import cv2
 
     from stream_avatar.avatar.store import AvatarStore
@@ -127,7 +130,7 @@ def write_sheet(
     path = Path(out)
     if path.suffix.lower() not in SUFFIXES:
         raise ValueError(f"the sheet is written as PNG or JPEG: give a .png or .jpg path, got {path.name!r}")
-    avatar = AvatarStore(store_dir).resolve(avatar_spec, size=size)
+    avatar = AvatarStore(store_dir).resolve(avatar_spec, size=size, consent=consent)
     image = make_sheet(avatar, sheet_cells(), device=device, cell_px=cell_px)
     path.parent.mkdir(parents=True, exist_ok=True)
     params = [cv2.IMWRITE_JPEG_QUALITY, 90] if path.suffix.lower() != ".png" else []

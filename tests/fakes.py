@@ -20,6 +20,9 @@ from stream_avatar.motion import rig as rig_mod
 
 JAW = rig_mod.index("jawOpen")
 BLINK = rig_mod.index("eyeBlinkLeft")
+# The consent record tests enroll portraits with (the shipped public-domain photo and images made
+# from it): enrollment refuses a portrait without one.
+TEST_CONSENT = "test fixture: synthetic/public-domain portrait, for automated tests"
 
 
 def jaw_from_frame(frame: np.ndarray) -> float:

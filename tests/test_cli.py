@@ -13,6 +13,7 @@ import pytest
 
 from stream_avatar import cli
 from stream_avatar.config import AvatarConfig, Config, ConfigError, EngineConfig, ServerConfig, load_config
+from tests.fakes import TEST_CONSENT
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,9 +64,11 @@ def test_render_missing_audio(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_enroll_not_an_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "face.jpg"
     bad.write_text("not a picture")
-    code, stdout, err = run_cli(capsys, "enroll", str(bad), "--store", str(tmp_path / "store"))
+    code, stdout, err = run_cli(
+        capsys, "enroll", str(bad), "--store", str(tmp_path / "store"), "--consent", TEST_CONSENT
+    )
     assert code == 2 and stdout == ""
-    assert_one_line_error(err, "face.jpg")
+    assert_one_line_error(err, "face.jpg", "not an image")
 
 
 def test_bad_size_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -125,7 +128,15 @@ def test_enroll_prints_the_avatar_id(tmp_path: Path, capsys: pytest.CaptureFixtu
 
     store = tmp_path / "store"
     code, stdout, _ = run_cli(
-        capsys, "enroll", str(DEFAULT_AVATAR_IMAGE), "--size", "128", "--store", str(store)
+        capsys,
+        "enroll",
+        str(DEFAULT_AVATAR_IMAGE),
+        "--size",
+        "128",
+        "--store",
+        str(store),
+        "--consent",
+        TEST_CONSENT,
     )
     assert code == 0
     avatar_id = stdout.strip()

@@ -34,6 +34,7 @@ from stream_avatar.avatar.store import (
     AvatarStoreError,
     validate_avatar_id,
 )
+from tests.fakes import TEST_CONSENT
 
 SIZE = 512
 
@@ -298,7 +299,7 @@ def _assert_same(a: Avatar, b: Avatar) -> None:
 
 def test_store_round_trip(store: tuple[AvatarStore, FakeBuilder], enrolled_default: EnrolledFace) -> None:
     st, builder = store
-    avatar = st.enroll(DEFAULT_AVATAR_IMAGE)
+    avatar = st.enroll(DEFAULT_AVATAR_IMAGE, consent=TEST_CONSENT)
     assert len(avatar.id) == 16 and validate_avatar_id(avatar.id) == avatar.id
     assert avatar.id == st.avatar_id(DEFAULT_AVATAR_IMAGE.read_bytes(), SIZE)
     assert builder.calls == 1
@@ -318,7 +319,7 @@ def test_store_round_trip(store: tuple[AvatarStore, FakeBuilder], enrolled_defau
 
     _assert_same(avatar, st.load(avatar.id))
     # Enrolling the same photo again is a cache hit; a fresh store on the same root sees it too.
-    _assert_same(avatar, st.enroll(DEFAULT_AVATAR_IMAGE.read_bytes()))
+    _assert_same(avatar, st.enroll(DEFAULT_AVATAR_IMAGE.read_bytes(), consent=TEST_CONSENT))
     assert builder.calls == 1
     again = AvatarStore(st.root, build_tensors=builder, render_version="test")
     _assert_same(avatar, again.load(avatar.id))
@@ -335,7 +336,7 @@ def test_ids_depend_on_size_and_version(tmp_path: Path) -> None:
 
 def test_other_version_is_refused(store: tuple[AvatarStore, FakeBuilder]) -> None:
     st, builder = store
-    avatar = st.enroll(DEFAULT_AVATAR_IMAGE)
+    avatar = st.enroll(DEFAULT_AVATAR_IMAGE, consent=TEST_CONSENT)
     newer = AvatarStore(st.root, build_tensors=builder, render_version="test2")
     with pytest.raises(AvatarStoreError) as err:
         newer.load(avatar.id)
@@ -344,12 +345,12 @@ def test_other_version_is_refused(store: tuple[AvatarStore, FakeBuilder]) -> Non
 
 def test_damaged_entry_is_reported_and_re_enrolled(store: tuple[AvatarStore, FakeBuilder]) -> None:
     st, builder = store
-    avatar = st.enroll(DEFAULT_AVATAR_IMAGE)
+    avatar = st.enroll(DEFAULT_AVATAR_IMAGE, consent=TEST_CONSENT)
     (st.root / avatar.id / "tensors.safetensors").write_bytes(b"garbage")
     with pytest.raises(AvatarStoreError) as err:
         st.load(avatar.id)
     assert "damaged" in _one_line(err)
-    repaired = st.enroll(DEFAULT_AVATAR_IMAGE)
+    repaired = st.enroll(DEFAULT_AVATAR_IMAGE, consent=TEST_CONSENT)
     assert builder.calls == 2
     _assert_same(repaired, st.load(avatar.id))
 
@@ -394,7 +395,7 @@ def test_resolve(store: tuple[AvatarStore, FakeBuilder], tmp_path: Path) -> None
     not_an_image = tmp_path / "notes.txt"
     not_an_image.write_text("hello")
     with pytest.raises(EnrollmentError):
-        st.resolve(not_an_image)
+        st.resolve(not_an_image, consent=TEST_CONSENT)
 
 
 def test_default_root_is_per_user_data_dir() -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from stream_avatar.avatar.store import DEFAULT_AVATAR_IMAGE
 from stream_avatar.eval import expression as ev
+from tests.fakes import TEST_CONSENT
 
 EMOTIONS = ("happy", "surprised", "contempt")
 
@@ -31,6 +32,7 @@ def result() -> dict[str, Any]:
         conditions=("expression",),
         identity=_identity_available(),
         fit=False,
+        consent=TEST_CONSENT,
     )
 
 

@@ -21,6 +21,7 @@ from stream_avatar.avatar.store import DEFAULT_AVATAR_IMAGE, Avatar, AvatarStore
 from stream_avatar.emotion import facs as emotion
 from stream_avatar.motion import rig
 from stream_avatar.render.renderer import RendererWrapper
+from tests.fakes import TEST_CONSENT
 from tests.test_render_locality import MAX_OUTSIDE_GREY, _outside
 
 SIZE = 256
@@ -84,7 +85,7 @@ PORTRAITS: dict[str, Callable[[Path], Path]] = {
 @pytest.fixture(scope="module", params=sorted(PORTRAITS))
 def portrait(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Avatar:
     tmp = tmp_path_factory.mktemp(request.param)
-    return AvatarStore(tmp / "store").enroll(PORTRAITS[request.param](tmp), size=SIZE)
+    return AvatarStore(tmp / "store").enroll(PORTRAITS[request.param](tmp), size=SIZE, consent=TEST_CONSENT)
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 Layout, one folder per avatar under the store root::
 
     <root>/<id>/image.png            the aligned crop, (size, size) RGB
-    <root>/<id>/meta.json            source name, sizes, landmark count, format version, framing numbers
+    <root>/<id>/meta.json            source name, sizes, landmark count, format version, framing numbers,
+                                     and the consent record (``stream_avatar.avatar.consent``)
     <root>/<id>/tensors.safetensors  "enroll.landmarks" (478, 3) float32 px, "enroll.person_mask"
                                      (size, size) float32, and the renderer's tensors as "render.<name>"
 
@@ -12,10 +13,17 @@ format version (enrollment + store + renderer), so the same photo enrolled twice
 format change gives new ids instead of stale tensors. Nothing is pickled: JSON, PNG and safetensors only.
 Each avatar folder is written under a temporary name and renamed into place, so readers never see a
 half-written avatar and two processes enrolling the same photo at once both end up with the same one.
+
+Enrolling needs a consent record (who agreed, when, for what): ``enroll(..., consent=...)`` refuses
+without one. Enrolling a stored photo again with a new record replaces the stored record (meta.json is
+rewritten atomically; the id does not change). The shipped default avatar is enrolled with
+``consent.DEFAULT_AVATAR_CONSENT``, its public-domain provenance.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,6 +40,7 @@ import platformdirs
 from PIL import Image
 
 from stream_avatar.avatar import landmarks as lm
+from stream_avatar.avatar.consent import DEFAULT_AVATAR_CONSENT, ConsentLike, make_record
 from stream_avatar.avatar.enroll import (
     ENROLL_FORMAT_VERSION,
     EnrolledFace,
@@ -91,6 +100,12 @@ class Avatar:
         """Side of the square image, pixels."""
         return int(self.image.shape[0])
 
+    @property
+    def consent(self) -> dict[str, Any] | None:
+        """The stored consent record (``statement``, ``source``, ``recorded_at``), or None."""
+        record = self.meta.get("consent")
+        return record if isinstance(record, dict) and record.get("statement") else None
+
 
 def validate_avatar_id(avatar_id: object) -> str:
     """Return ``avatar_id`` if it is 16 lowercase hex digits, else raise AvatarStoreError.
@@ -127,6 +142,8 @@ class AvatarStore:
             precompute module's ``FORMAT_VERSION`` (``"1"`` when it defines none). Give it whenever
             ``build_tensors`` is given.
         default_image: the portrait ``resolve(None)`` enrolls; None → ``DEFAULT_AVATAR_IMAGE``.
+        default_consent: its consent record; None → ``DEFAULT_AVATAR_CONSENT`` for the shipped
+            portrait (another ``default_image`` needs one).
     """
 
     def __init__(
@@ -136,11 +153,15 @@ class AvatarStore:
         build_tensors: BuildTensors | None = None,
         render_version: str | None = None,
         default_image: str | os.PathLike[str] | None = None,
+        default_consent: ConsentLike | None = None,
     ) -> None:
         if build_tensors is not None and render_version is None:
             raise ValueError("render_version is required with a custom build_tensors")
         self.root = Path(root) if root is not None else default_root()
         self.default_image = Path(default_image) if default_image is not None else DEFAULT_AVATAR_IMAGE
+        if default_consent is None and default_image is None:
+            default_consent = DEFAULT_AVATAR_CONSENT
+        self.default_consent = default_consent
         self._build = build_tensors
         self._render_version = render_version
 
@@ -183,28 +204,42 @@ class AvatarStore:
 
     # -- enroll / load / resolve ------------------------------------------------------------------
 
-    def enroll(self, path: str | os.PathLike[str] | bytes, size: int = 512) -> Avatar:
+    def enroll(
+        self, path: str | os.PathLike[str] | bytes, size: int = 512, *, consent: ConsentLike | None = None
+    ) -> Avatar:
         """Enroll a photo (path or file bytes), or load it when this photo and size are stored already.
 
+        consent: the consent record (``consent.make_record``: a statement, or a record from
+            ``consent.read_consent_file``); stored with the avatar, replacing an older one.
+
         Raises:
+            ConsentError: no consent record, or an empty one (checked before anything else).
             EnrollmentError: the photo cannot be enrolled (one-line message).
 
         Warns:
             EnrollmentWarning: as ``enroll_image``.
         """
+        label = "" if isinstance(path, bytes) else Path(path).name
+        if isinstance(consent, Mapping) and _is_record(consent):
+            record = dict(consent)
+        else:
+            record = make_record(consent, name=label)
         size = check_size(size)
         data, name = read_source(path)
         avatar_id = self.avatar_id(data, size)
         folder = self.path_of(avatar_id)
         if (folder / _META_NAME).is_file():
             try:
-                return self.load(avatar_id)
+                avatar = self.load(avatar_id)
             except AvatarStoreError:
                 pass  # damaged entry: enroll again and replace it below
+            else:
+                return self._with_consent(avatar, record)
         build, _ = self._builder()
         face = enroll_image(data, size, name=name)
         tensors = build(face.image, face.landmarks, face.person_mask)
         meta = self._meta(avatar_id, name, size, face, tensors)
+        meta["consent"] = record
         self._write(folder, face, tensors, meta)
         return self.load(avatar_id)
 
@@ -266,28 +301,37 @@ class AvatarStore:
             meta=meta,
         )
 
-    def resolve(self, spec: str | os.PathLike[str] | None, size: int = 512) -> Avatar:
+    def resolve(
+        self, spec: str | os.PathLike[str] | None, size: int = 512, *, consent: ConsentLike | None = None
+    ) -> Avatar:
         """Turn a user's avatar choice into an Avatar.
 
         Args:
-            spec: None → the default portrait (enrolled on first use, then cached in the store);
-                a stored avatar's id → that avatar; an image file path → enrolled (cached by content).
+            spec: None → the default portrait (enrolled on first use with its consent record, then
+                cached in the store); a stored avatar's id → that avatar; an image file path →
+                enrolled with ``consent`` (cached by content: a stored photo needs none again).
             size: output size for enrollments.
+            consent: the consent record for an image enrolled here (see ``enroll``).
 
         Raises:
             AvatarStoreError: neither an image file nor a stored id (AvatarNotFoundError for an
-                unknown id).
+                unknown id); ConsentError (one) for a new image without a consent record.
             EnrollmentError: the image cannot be enrolled.
         """
         if spec is None:
             if not self.default_image.is_file():
                 raise AvatarStoreError(f"default avatar image missing: {self.default_image}")
-            return self.enroll(self.default_image, size)
+            return self.enroll(self.default_image, size, consent=self.default_consent)
         if isinstance(spec, str) and _ID_RE.fullmatch(spec) and (self.root / spec / _META_NAME).is_file():
             return self.load(spec)
         path = Path(spec)
         if path.is_file():
-            return self.enroll(path, size)
+            if consent is None:
+                stored = self.avatar_id(read_source(path)[0], size)
+                if (self.root / stored / _META_NAME).is_file():
+                    with contextlib.suppress(AvatarStoreError):
+                        return self.load(stored)
+            return self.enroll(path, size, consent=consent)
         if isinstance(spec, str) and _ID_RE.fullmatch(spec):
             raise AvatarNotFoundError(f"no avatar {spec} in {self.root}")
         if path.is_dir():
@@ -296,7 +340,43 @@ class AvatarStore:
             f"{str(spec)[:200]!r} is neither an image file nor an avatar id ({AVATAR_ID_LENGTH} hex digits)"
         )
 
+    def entries(self) -> list[dict[str, Any]]:
+        """The stored avatars' meta.json (id, source name, size, consent, ...), sorted by id; no
+        tensors are read. A damaged entry is listed as ``{"id": ..., "damaged": True}``."""
+        out: list[dict[str, Any]] = []
+        for avatar_id in self.ids():
+            try:
+                with (self.root / avatar_id / _META_NAME).open("rb") as f:
+                    meta = json.loads(f.read(_META_MAX_BYTES))
+                if not isinstance(meta, dict):
+                    raise ValueError("meta.json is not an object")
+            except (OSError, ValueError):
+                meta = {"damaged": True}
+            out.append({**meta, "id": avatar_id})
+        return out
+
     # -- writing ----------------------------------------------------------------------------------
+
+    def _with_consent(self, avatar: Avatar, record: dict[str, Any]) -> Avatar:
+        """``avatar`` with ``record`` as its consent; meta.json rewritten (atomically) when the
+        statement or source differs from the stored one."""
+        old = avatar.consent
+        if old is not None and (old.get("statement"), old.get("source")) == (
+            record["statement"],
+            record["source"],
+        ):
+            return avatar
+        meta = {**avatar.meta, "consent": record}
+        folder = self.path_of(avatar.id)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_META_NAME}.", dir=folder)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(meta, indent=2) + "\n")
+            os.replace(tmp, folder / _META_NAME)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return dataclasses.replace(avatar, meta=meta)
 
     def _meta(
         self,
@@ -359,3 +439,8 @@ class AvatarStore:
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _is_record(consent: object) -> bool:
+    """A record made already (``make_record`` / ``read_consent_file``): stored as it is."""
+    return isinstance(consent, Mapping) and {"statement", "source", "recorded_at"} <= set(consent)

@@ -410,6 +410,7 @@ def evaluate_expressions(
     conditions: tuple[str, ...] = CONDITIONS,
     identity: bool = True,
     fit: bool = True,
+    consent: Any = None,
 ) -> dict[str, Any]:
     """Render every emotion on every portrait and measure what shows (see the module docstring).
 
@@ -425,6 +426,8 @@ def evaluate_expressions(
         conditions: a subset of ("expression", "speech").
         identity: compute dlib face-descriptor distances (skipped, as None, when dlib is missing).
         fit: also read rig coefficients back with the inverse fitter.
+        consent: the consent record every portrait is enrolled with (who agreed or where the photos
+            come from, and for what; ``AvatarStore.enroll`` refuses a portrait without one).
 
     Returns:
         A JSON-ready dict: "config", "cues" (the cue table), "portraits" (per portrait: "source",
@@ -458,7 +461,7 @@ def evaluate_expressions(
         source_embeddings: dict[str, np.ndarray | None] = {}
         for pname, path in portraits.items():
             t = time.perf_counter()
-            avatar = store.enroll(path, size=size)
+            avatar = store.enroll(path, size=size, consent=consent)
             timing["enroll"] += time.perf_counter() - t
             renderer = RendererWrapper(avatar.tensors, "cpu")
             src_emb = embed(_read_rgb(Path(path))) if embed else None

@@ -5,6 +5,12 @@ or a watch-only viewer of a running stream); requests to ``/pcm`` become PCM-dri
 voice agents: ``stream.PcmStream``); any other GET is answered from ``web_client/`` by
 ``process_request`` (a handful of static files; no framework needed). Static paths are validated
 against an allow-list of names in that folder, never joined from raw input.
+
+Responsible use (issue 12): avatars without a consent record are refused (an ``error`` with code
+``no_consent``, or a start-up error for the configured one) unless ``allow_unconsented_avatars``;
+every session, viewer and PCM stream is written to the audit log (start and end: avatar, remote
+address, duration, frames; never audio; one small unbuffered write on the loop per event); the
+engines composite the visible "AI-generated" badge (``build_server``).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 import logging
 import mimetypes
 import signal
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +34,9 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from stream_avatar.avatar.consent import has_consent, require_consent
 from stream_avatar.config import Config
+from stream_avatar.provenance.audit import AuditLog
 from stream_avatar.server import protocol
 from stream_avatar.server.admission import Admission, AdmissionSettings, Refusal, calibrate
 from stream_avatar.server.session import Session, SessionSettings
@@ -59,6 +68,7 @@ class ServerSettings:
     cpu_fraction: float = 0.8
     prior_session_cores: float | None = None
     measured_admission: bool = True
+    allow_unconsented_avatars: bool = False
     session: SessionSettings = field(default_factory=SessionSettings)
 
 
@@ -68,6 +78,8 @@ class AvatarServer:
     avatars: ``resolve(spec) -> Avatar`` for "default" or an enrolled id (runs in a thread; may
       enroll or precompute), and ``build_engine(avatar) -> AvatarEngine`` /
       ``build_renderer(avatar) -> renderer`` (injected so tests can use fakes).
+    audit: where sessions are recorded (None: nowhere, e.g. tests that do not look).
+    Avatars without a consent record are refused unless ``settings.allow_unconsented_avatars``.
     """
 
     def __init__(
@@ -78,6 +90,7 @@ class AvatarServer:
         build_renderer: Callable[[Any], Any],
         default_avatar: str = "default",
         web_root: Path = WEB_CLIENT_DIR,
+        audit: AuditLog | None = None,
     ) -> None:
         self.settings = settings
         self._resolve_avatar = resolve_avatar
@@ -85,6 +98,7 @@ class AvatarServer:
         self._build_renderer = build_renderer
         self.default_avatar = default_avatar
         self.web_root = web_root.resolve()
+        self.audit = audit
         self.sessions: dict[str, Session] = {}
         self.streams: dict[str, PcmStream] = {}
         self._server: Server | None = None
@@ -110,17 +124,35 @@ class AvatarServer:
     # ------------------------------------------------------------------------------ avatars
 
     def preload(self, spec: str) -> Any:
-        """Resolve an avatar now (blocking), before the server starts."""
+        """Resolve an avatar now (blocking), before the server starts. Raises ConsentError (a
+        ValueError) for one without a consent record, unless allowed."""
         if spec not in self._avatars:
             self._avatars[spec] = self._resolve_avatar(spec)
-        return self._avatars[spec]
+        return self._consented(self._avatars[spec])
 
     async def avatar(self, spec: str) -> Any:
-        """The Avatar for "default" or an id, cached; loading runs off the event loop."""
+        """The Avatar for "default" or an id, cached; loading runs off the event loop. Raises
+        ConsentError (a ValueError) for one without a consent record, unless allowed."""
         async with self._avatar_lock:
             if spec not in self._avatars:
                 self._avatars[spec] = await asyncio.to_thread(self._resolve_avatar, spec)
-            return self._avatars[spec]
+            return self._consented(self._avatars[spec])
+
+    def _consented(self, avatar: Any) -> Any:
+        return require_consent(avatar, allow_unconsented=self.settings.allow_unconsented_avatars)
+
+    def _audit(self, event: str, **fields: Any) -> None:
+        if self.audit is not None:
+            self.audit.record(event, **fields)
+
+    def _avatar_fields(self, spec: str) -> dict[str, Any]:
+        """The audit's view of an avatar: its id (the spec until it is resolved) and consent."""
+        avatar = self._avatars.get(spec)
+        if avatar is None:  # a session's resolved id: the cache is keyed by what was asked for
+            avatar = next((a for a in list(self._avatars.values()) if getattr(a, "id", None) == spec), None)
+        if avatar is None:
+            return {"avatar": spec}
+        return {"avatar": avatar.id, "consented": has_consent(getattr(avatar, "meta", {}) or {})}
 
     async def _engine_for(self, spec: str) -> tuple[Any, str]:
         avatar = await self.avatar(spec)
@@ -265,10 +297,17 @@ class AvatarServer:
         async def send(message: dict[str, Any]) -> None:
             await ws.send(json.dumps(message, separators=(",", ":")))
 
+        remote = _remote(ws)
+
+        async def renderer_for(spec: str) -> tuple[Any, str]:
+            renderer, avatar_id = await self._renderer_for(spec)
+            self._audit("avatar_change", session=session.id, **self._avatar_fields(spec), remote=remote)
+            return renderer, avatar_id
+
         session = Session(
             send,
             self._engine_for,
-            self._renderer_for,
+            renderer_for,
             self.settings.session,
             self.default_avatar,
             find_stream=self.find_stream,
@@ -289,7 +328,16 @@ class AvatarServer:
                     self._closers.discard(task)
 
         session.on_closed = closed
-        logger.info("session opened", extra={"session": session.id, "remote": str(ws.remote_address)})
+        logger.info("session opened", extra={"session": session.id, "remote": remote})
+        kind = "viewer" if session.watch_hint else "session"
+        started = time.monotonic()
+        self._audit(
+            "session_start",
+            session=session.id,
+            kind=kind,
+            **self._avatar_fields(session.avatar_id),
+            remote=remote,
+        )
         try:
             await session.hello()
             async for raw in ws:
@@ -299,6 +347,16 @@ class AvatarServer:
         finally:
             await session.close()
             await ws.close()
+            self._audit(
+                "session_end",
+                session=session.id,
+                kind="viewer" if session.watched is not None else kind,
+                **self._avatar_fields(session.avatar_id),
+                **({"watched": session.watched} if session.watched is not None else {}),
+                remote=remote,
+                duration_s=round(time.monotonic() - started, 3),
+                frames=session.playout.ticks if session.playout is not None else 0,
+            )
 
     async def _pcm_handler(self, ws: ServerConnection) -> None:
         """One PCM stream per ``/pcm`` connection; it ends (and its viewers with it) when the socket
@@ -332,12 +390,17 @@ class AvatarServer:
             self.streams.pop(s.id, None)
 
         stream.on_closed = closed
-        logger.info("pcm stream opened", extra={"stream": stream.id, "remote": str(ws.remote_address)})
+        remote = _remote(ws)
+        logger.info("pcm stream opened", extra={"stream": stream.id, "remote": remote})
+        started = time.monotonic()
+        self._audit(
+            "session_start", session=stream.id, kind="pcm", **self._avatar_fields(avatar), remote=remote
+        )
         try:
             try:
                 await stream.start()
-            except ValueError as exc:  # an unknown avatar id
-                await send(protocol.error_message("unknown_avatar", str(exc)))
+            except ValueError as exc:  # an unknown avatar id, or one without a consent record
+                await send(protocol.error_message(getattr(exc, "code", "unknown_avatar"), str(exc)))
                 return
             async for raw in ws:
                 await stream.handle(raw)
@@ -346,6 +409,15 @@ class AvatarServer:
         finally:
             await stream.close()
             await ws.close()
+            self._audit(
+                "session_end",
+                session=stream.id,
+                kind="pcm",
+                **self._avatar_fields(stream.avatar_id),
+                remote=remote,
+                duration_s=round(time.monotonic() - started, 3),
+                frames=stream.playout.ticks if stream.playout is not None else 0,
+            )
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -388,6 +460,15 @@ class AvatarServer:
             self._server = None
 
 
+def _remote(ws: ServerConnection) -> str | None:
+    """The peer's "host:port" (the proxy's, behind a reverse proxy), for logs and the audit."""
+    addr = ws.remote_address
+    if not addr:
+        return None
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
 def _response(status: HTTPStatus, body: bytes, ctype: str) -> Response:
     headers = Headers(
         [
@@ -417,9 +498,14 @@ async def serve_forever(server: AvatarServer, ready: Callable[[str], None] | Non
         await server.aclose()
 
 
-def build_server(cfg: Config) -> AvatarServer:
-    """The real server for a configuration: avatars from the store, engines with the real pieces."""
+def build_server(cfg: Config, consent: Any = None) -> AvatarServer:
+    """The real server for a configuration: avatars from the store, engines with the real pieces
+    (each with the configured disclosure badge; off is logged here, once), sessions audited to the
+    configured log (checked writable here: OSError otherwise). ``consent``: the record for a
+    configured portrait image enrolled at start."""
     from stream_avatar.avatar.store import AvatarStore
+    from stream_avatar.provenance.audit import default_audit_path
+    from stream_avatar.provenance.disclosure import make_badge
     from stream_avatar.session.engine import (
         build_engine,
         build_renderer,
@@ -428,13 +514,22 @@ def build_server(cfg: Config) -> AvatarServer:
     )
 
     make_emotion_estimator(cfg.engine.fps)  # load + warm the shared emotion model before any session
+    badge = make_badge(cfg.disclosure)  # drawn once per size, shared by every session's engine
+    audit = AuditLog(cfg.audit.path or default_audit_path(cfg.avatar.store_dir))
+    audit.check()
+    if cfg.avatar.allow_unconsented_avatars:
+        logger.warning(
+            "avatars without a consent record are allowed (setting avatar.allow_unconsented_avatars)",
+            extra={"setting": "avatar.allow_unconsented_avatars", "value": True},
+        )
     store = AvatarStore(cfg.avatar.store_dir)
     size = cfg.avatar.size
     device = resolve_device(cfg.engine.device)
 
     def resolve(spec: str) -> Any:
         if spec == "default":
-            return store.resolve(cfg.avatar.spec, size=size)  # the configured avatar (or the shipped one)
+            # The configured avatar (or the shipped one); a new image needs ``consent``.
+            return store.resolve(cfg.avatar.spec, size=size, consent=consent)
         return store.load(spec)  # ids only: validated by the store before any path is built
 
     def engine(avatar: Any) -> Any:
@@ -446,6 +541,8 @@ def build_server(cfg: Config) -> AvatarServer:
             device=device,
             emotion=cfg.engine.emotion_weights,
             packet_lead=True,
+            disclosure=badge,
+            watermark=cfg.watermark,
         )
 
     def renderer(avatar: Any) -> Any:
@@ -457,6 +554,7 @@ def build_server(cfg: Config) -> AvatarServer:
         max_sessions=cfg.server.max_sessions,
         max_viewers=cfg.server.max_viewers,
         cpu_fraction=cfg.server.cpu_fraction,
+        allow_unconsented_avatars=cfg.avatar.allow_unconsented_avatars,
         session=SessionSettings(
             fps=cfg.engine.fps,
             size=size,
@@ -465,7 +563,7 @@ def build_server(cfg: Config) -> AvatarServer:
             emotion=cfg.engine.emotion,
         ),
     )
-    return AvatarServer(settings, resolve, engine, renderer)
+    return AvatarServer(settings, resolve, engine, renderer, audit=audit)
 
 
 def run_server(server: AvatarServer, ready: Callable[[str], None] | None = None) -> None:

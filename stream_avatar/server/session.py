@@ -110,6 +110,7 @@ class Session(Endpoint):
         self._emotion = emotion_mod.parse(settings.emotion)
         self._reference: asyncio.Task[Any] | None = None  # the clip being analysed (at most one)
         self.watch_hint = False  # admitted as a viewer (``/ws?watch=ID``): counted as one
+        self.watched: str | None = None  # the stream this session watched (for the audit log)
 
     # ---------------------------------------------------------------------------- plumbing
 
@@ -164,7 +165,11 @@ class Session(Endpoint):
         if self._negotiated:
             raise protocol.ProtocolError("already_negotiated", "this session already has a peer connection")
         self._negotiated = True
-        engine, self.avatar_id = await self._make_engine(self.avatar_id)
+        try:
+            engine, self.avatar_id = await self._make_engine(self.avatar_id)
+        except ValueError as exc:  # an unknown id, or one without a consent record (``no_consent``)
+            self._negotiated = False
+            raise protocol.ProtocolError(getattr(exc, "code", "unknown_avatar"), str(exc)) from None
         self.engine = engine
         engine.set_emotion(self._emotion)  # one sent before the offer, else the configured one
         pc = RTCPeerConnection()
@@ -230,6 +235,7 @@ class Session(Endpoint):
         if broadcast is None or broadcast.ended or stream_id == self.id:
             raise protocol.ProtocolError("unknown_stream", f"no stream {stream_id} is running on this server")
         self._negotiated = True
+        self.watched = stream_id
         pc = RTCPeerConnection()
         self.pc = pc
         rig_channel: list[Any] = []
@@ -336,8 +342,8 @@ class Session(Endpoint):
     async def _on_avatar(self, avatar: str) -> None:
         try:
             renderer, avatar_id = await self._make_renderer(avatar)
-        except ValueError as exc:
-            raise protocol.ProtocolError("unknown_avatar", str(exc)) from None
+        except ValueError as exc:  # an unknown id, or one without a consent record (``no_consent``)
+            raise protocol.ProtocolError(getattr(exc, "code", "unknown_avatar"), str(exc)) from None
         if self.engine is not None:
             self.engine.set_renderer(renderer)
         self.avatar_id = avatar_id

@@ -103,6 +103,20 @@ class Renderer(Protocol):
     def render(self, rig: np.ndarray) -> np.ndarray: ...
 
 
+class Disclosure(Protocol):
+    """The visible "AI-generated" label (``stream_avatar.provenance.disclosure.DisclosureBadge``)."""
+
+    def apply(self, frames: np.ndarray) -> np.ndarray: ...  # (B, H, W, 3) uint8, in place when writable
+
+
+class Watermark(Protocol):
+    """The invisible mark (``stream_avatar.provenance.watermark.Watermarker``)."""
+
+    def set_timestamp(self, timestamp_s: float) -> None: ...
+
+    def mark(self, frame_rgb: np.ndarray) -> np.ndarray: ...  # (H, W, 3) uint8 -> a marked copy
+
+
 class Resampler(Protocol):
     """Causal streaming resampler to 16 kHz (``stream_avatar.audio.resample.StreamResampler``)."""
 
@@ -240,6 +254,11 @@ class AvatarEngine:
     packet_lead: live input in packets (WebRTC): start each resampled stream with 2 ms of silence so
       a frame completes with the packet carrying its last sample (saves up to one packet of latency;
       audio and video shift together, so sync is unchanged). Off by default: exact sample alignment.
+    disclosure: composited into every rendered frame before it leaves the engine (the visible
+      "AI-generated" badge); kept across ``set_renderer``. None here (fakes, tests); ``build_engine``
+      gives the real engines the configured badge, on by default.
+    watermark: the invisible mark stamped into every frame after the badge, with the wall-clock time
+      of the batch (None here; ``build_engine`` gives real engines one for their avatar, on by default).
     """
 
     def __init__(
@@ -258,6 +277,8 @@ class AvatarEngine:
         packet_lead: bool = False,
         emotion: Emotion | None = None,
         emotion_estimator: EmotionEstimator | None = None,
+        disclosure: Disclosure | None = None,
+        watermark: Watermark | None = None,
     ) -> None:
         if not 1 <= fps <= 60 or SAMPLE_RATE_HZ % fps:
             raise ValueError(f"fps must divide {SAMPLE_RATE_HZ} and lie in 1..60, got {fps}")
@@ -284,6 +305,8 @@ class AvatarEngine:
             emotion = EmotionLayer(fps)  # neutral: leaves every rig as it is
         self._emotion: Emotion = emotion
         self._estimator = emotion_estimator
+        self._disclosure = disclosure
+        self._watermark = watermark
 
         # Shared state, guarded by _lock. _cond wakes the worker (input, clear, close, output room).
         self._lock = threading.Lock()
@@ -379,6 +402,11 @@ class AvatarEngine:
         """Change the operator's emotion (validated weights, e.g. from ``emotion.parse``); the face
         eases into it over the next frames. Thread-safe."""
         self._emotion.set(weights)
+
+    @property
+    def watermarked(self) -> bool:
+        """Whether every frame carries the invisible watermark."""
+        return self._watermark is not None
 
     @property
     def emotion(self) -> dict[str, float]:
@@ -715,6 +743,11 @@ class AvatarEngine:
                 raise RuntimeError(f"renderer returned shape {frames.shape}, expected {expected}")
             if frames.dtype != np.uint8:
                 raise RuntimeError(f"renderer returned dtype {frames.dtype}, expected uint8")
+            if self._disclosure is not None:
+                frames = self._disclosure.apply(frames)
+            if self._watermark is not None:
+                self._watermark.set_timestamp(time.time())
+                frames = np.stack([self._watermark.mark(f) for f in frames])
             per_frame_render_ms = render_s * 1000.0 / len(batch)
             per_frame_compute_ms = per_frame_render_ms + t_motion * 1000.0 / len(motion)
             with self._lock:
@@ -903,6 +936,8 @@ def build_engine(
     seed: int = 0,
     emotion: Mapping[str, float] | None = None,
     infer_emotion: bool = True,
+    disclosure: Any = "default",
+    watermark: Any = "default",
     **engine_kwargs: Any,
 ) -> AvatarEngine:
     """An engine with the real pieces for one avatar (``stream_avatar.avatar.store.Avatar``).
@@ -910,13 +945,28 @@ def build_engine(
     Renderer: RendererWrapper(avatar.tensors, device); driver by name; IdleLife(fps, seed); an
     EmotionLayer starting at ``emotion`` (weights from ``emotion.parse``, ``auto`` included; None:
     neutral); the shipped emotion model for ``auto`` (``infer_emotion``; 25 fps only, the rate it
-    was trained at). Extra keyword arguments go to AvatarEngine (max_output_frames, max_batch,
-    warn_when_behind).
+    was trained at). ``disclosure``: the visible "AI-generated" badge composited into every frame:
+    "default" (the default badge, on), a ``DisclosureBadge`` (built once at the edge from the
+    configuration: ``stream_avatar.provenance.disclosure.make_badge``), or None (off; the caller
+    logged that choice). ``watermark``: the invisible mark of this instance, the avatar's id and the
+    time in every frame after the badge: "default" (on; the instance is the host name) or a
+    ``WatermarkConfig`` (off is logged: ``provenance.watermark.make_watermarker``). Extra keyword
+    arguments go to AvatarEngine (max_output_frames, max_batch, warn_when_behind).
     """
     from stream_avatar.emotion.facs import EmotionLayer
     from stream_avatar.motion.idle import IdleLife, combine
 
     estimator = make_emotion_estimator(fps) if infer_emotion else None
+    if isinstance(disclosure, str):
+        if disclosure != "default":
+            raise ValueError(f"disclosure must be 'default', a badge or None, got {disclosure!r}")
+        from stream_avatar.provenance.disclosure import DisclosureBadge
+
+        disclosure = DisclosureBadge()
+    from stream_avatar.provenance.watermark import make_watermarker
+
+    wm_config = None if isinstance(watermark, str) and watermark == "default" else watermark
+    marker = make_watermarker(wm_config, str(getattr(avatar, "id", "")))
 
     return AvatarEngine(
         build_renderer(avatar, device),
@@ -927,6 +977,8 @@ def build_engine(
         combine=combine,
         emotion=EmotionLayer(fps, emotion),
         emotion_estimator=estimator,
+        disclosure=disclosure,
+        watermark=marker,
         **engine_kwargs,
     )
 
