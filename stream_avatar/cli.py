@@ -375,8 +375,8 @@ def _config(args: argparse.Namespace) -> Config:
     }
     ref = getattr(args, "emotion_ref", None)
     if ref is not None:
+        from stream_avatar.capture.reference import ReferenceError, clip_emotion
         from stream_avatar.emotion.facs import format_spec
-        from stream_avatar.emotion.reference import ReferenceError, clip_emotion
 
         try:
             weights = clip_emotion(ref)

@@ -225,7 +225,7 @@ def test_emotion_ref_on_a_rendered_clip_selects_its_emotion(
     the rendered file's rig lines carry the frame's emotion probabilities."""
     import wave
 
-    from stream_avatar.emotion.reference import clip_emotion
+    from stream_avatar.capture.reference import clip_emotion
     from stream_avatar.offline import render_file
 
     wav = tmp_path / "speech.wav"

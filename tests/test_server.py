@@ -12,7 +12,6 @@ import importlib
 import json
 import os
 import stat
-import sys
 import tempfile
 import threading
 import time
@@ -299,20 +298,10 @@ async def test_emotion_accepts_auto(server: AvatarServer) -> None:
 
 
 @pytest.fixture
-def reference_module(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """stream_avatar.emotion.reference (or a stand-in with its ReferenceError where it is not there
-    yet); each test sets its ``clip_emotion`` with monkeypatch."""
-    try:
-        return importlib.import_module("stream_avatar.emotion.reference")
-    except ImportError:
-        module = ModuleType("stream_avatar.emotion.reference")
-
-        class ReferenceError(ValueError):  # the real module's name (shadows the builtin)
-            pass
-
-        module.ReferenceError = ReferenceError  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, module.__name__, module)
-        return module
+def reference_module() -> ModuleType:
+    """stream_avatar.capture.reference, the module the server calls for ``emotion_ref``; each test
+    sets its ``clip_emotion`` with monkeypatch."""
+    return importlib.import_module("stream_avatar.capture.reference")
 
 
 # The first bytes of an MP4 (ftyp box) and of a WebM (EBML header): enough for the server's sniffing.

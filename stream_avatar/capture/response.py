@@ -7,7 +7,7 @@ emotion embedder's visual branch learns from the data engine's clean face tracks
 them the way the fitter would report them.
 
 ``measure_response`` renders rigs (face tracks from a dataset) on the default avatar, fits every frame
-the way ``emotion.reference`` does ("video" framing against the default portrait's neutral landmarks)
+the way ``capture.reference`` does ("video" framing against the default portrait's neutral landmarks)
 and fits an affine map, fitted ≈ true @ W + b, per output coefficient by ridge regression, with the
 residual spread. ``FitterResponse.apply`` maps clean rigs through it, plus noise, for training.
 """
@@ -65,7 +65,7 @@ def measure_response(rigs: np.ndarray, size: int = 256, batch: int = 8) -> Fitte
     """Render ``rigs`` (n, RIG_SIZE) on the default avatar, fit each frame, fit the affine response."""
     from stream_avatar.avatar.store import AvatarStore
     from stream_avatar.capture.fitter import fit_frame
-    from stream_avatar.emotion.reference import default_neutral
+    from stream_avatar.capture.reference import default_neutral
     from stream_avatar.render.renderer import RendererWrapper
 
     avatar = AvatarStore().resolve(None, size=size)

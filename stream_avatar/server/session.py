@@ -499,7 +499,7 @@ def reference_emotion(data: str) -> dict[str, float]:
     """
     clip, suffix = protocol.decode_reference(data)
     # Looked up at call time, through sys.modules: the analysis loads its models on first use only.
-    reference = importlib.import_module("stream_avatar.emotion.reference")
+    reference = importlib.import_module("stream_avatar.capture.reference")
     fd, path = tempfile.mkstemp(prefix="stream_avatar-ref-", suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as f:
