@@ -24,9 +24,8 @@ import logging
 import math
 import os
 import secrets
-import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -36,6 +35,7 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from stream_avatar.atomic import atomic_path
 from stream_avatar.motion import rig as rig_mod
 from stream_avatar.session.engine import SAMPLE_RATE_HZ, AvatarEngine, OutputItem
 
@@ -64,21 +64,6 @@ class RenderResult:
     duration_s: float
     wall_s: float
     frames_per_s: float
-
-
-@contextlib.contextmanager
-def _atomic_output(target: Path, suffix: str) -> Iterator[Path]:
-    """A temporary path beside ``target``; renamed onto it on success, deleted on any failure."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, target)
 
 
 class Mp4Writer:
@@ -194,10 +179,10 @@ async def render_engine_to_file(
     expected = math.ceil(samples.size * fps / sample_rate_hz)
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        tmp_mp4 = stack.enter_context(_atomic_output(out, ".part.mp4"))
+        tmp_mp4 = stack.enter_context(atomic_path(out, ".part.mp4"))
         rig_file: IO[str] | None = None
         if rig_path is not None:
-            tmp_rig = stack.enter_context(_atomic_output(rig_path, ".part"))
+            tmp_rig = stack.enter_context(atomic_path(rig_path, ".part"))
             rig_file = stack.enter_context(tmp_rig.open("w", encoding="utf-8"))
         bar = stack.enter_context(
             tqdm(total=expected, unit="frame", desc=out.name, disable=not progress, leave=False)

@@ -39,6 +39,7 @@ import numpy as np
 import platformdirs
 from PIL import Image
 
+from stream_avatar.atomic import atomic_path
 from stream_avatar.avatar import landmarks as lm
 from stream_avatar.avatar.consent import DEFAULT_AVATAR_CONSENT, ConsentLike, make_record
 from stream_avatar.avatar.enroll import (
@@ -368,14 +369,8 @@ class AvatarStore:
             return avatar
         meta = {**avatar.meta, "consent": record}
         folder = self.path_of(avatar.id)
-        fd, tmp = tempfile.mkstemp(prefix=f".{_META_NAME}.", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(json.dumps(meta, indent=2) + "\n")
-            os.replace(tmp, folder / _META_NAME)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(folder / _META_NAME) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         return dataclasses.replace(avatar, meta=meta)
 
     def _meta(

@@ -19,16 +19,17 @@ Two layers, both read back by ``stream-avatar verify``:
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
+
+from stream_avatar.atomic import atomic_path
 
 GENERATOR = "stream_avatar"
 TAG = "comment"
@@ -94,20 +95,6 @@ def read_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         return None
     return rec if isinstance(rec, dict) else None
-
-
-@contextlib.contextmanager
-def _replacing(target: Path) -> Iterator[Path]:
-    """A temporary file beside ``target`` that replaces it on success (removed on failure)."""
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, target)
 
 
 def _remux(src: Path, dst: Path, record: Mapping[str, Any]) -> None:
@@ -217,7 +204,7 @@ def _sign(
                 with parent.open("rb") as fh:
                     ingredient = {"title": path.name, "relationship": "parentOf", "label": "parent"}
                     builder.add_ingredient(ingredient, "video/mp4", fh)
-            with _replacing(path) as tmp, path.open("rb") as src, tmp.open("w+b") as dst:
+            with atomic_path(path, path.suffix) as tmp, path.open("rb") as src, tmp.open("w+b") as dst:
                 builder.sign(signer, "video/mp4", src, dst)
         finally:
             builder.close()
@@ -294,7 +281,7 @@ def review_file(
     try:
         if signing is not None:
             parent.write_bytes(p.read_bytes())  # the file as it was: the new manifest's parent
-        with _replacing(p) as tmp:
+        with atomic_path(p, p.suffix) as tmp:
             _remux(p, tmp, record)
         if signing is not None:
             _sign(p, record, signing, review=review, parent=parent)
