@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -266,3 +268,29 @@ def test_render_is_watermarked_and_carries_its_record_then_verify_and_review(
     assert pr.read_record(plain.path)["watermark"] is False
     assert cli.main(["verify", str(plain.path)]) == 0
     assert "no mark" in capsys.readouterr().out
+
+
+async def test_the_mark_follows_an_avatar_switch() -> None:
+    """``set_renderer(renderer, avatar_id)`` (a session switching avatars): later frames carry the new
+    avatar's id in the watermark, earlier ones the old."""
+    from stream_avatar.provenance.watermark import Watermarker, verify_frames
+    from stream_avatar.session.engine import AvatarEngine
+    from tests.fakes import FakeDriver, FakeIdle, FakeRenderer, tone
+
+    renderer = FakeRenderer(256)
+    marker = Watermarker.for_ids("inst", "first-avatar", 0.0)
+    engine = AvatarEngine(renderer, FakeDriver(25), FakeIdle(), fps=25, watermark=marker)
+    frames = []
+    async with engine:
+        engine.push_audio(tone(0.4, 16000), 16000)
+        await asyncio.sleep(0)
+        while len(frames) < 5:
+            frames.append((await engine.__anext__()).frame)
+        engine.set_renderer(renderer, "second-avatar")
+        engine.push_audio(tone(0.8, 16000), 16000)
+        engine.end_input()
+        later = [item.frame async for item in engine]
+    gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+    assert verify_frames(gray, avatar_id="first-avatar")["matches"]["avatar_id"]
+    tail = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in later[-5:]]
+    assert verify_frames(tail, avatar_id="second-avatar")["matches"]["avatar_id"]

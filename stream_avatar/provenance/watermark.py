@@ -259,6 +259,11 @@ class Watermarker:
             self._chips = None
             self._up.clear()
 
+    def set_avatar(self, avatar_id: str) -> None:
+        """Mark later frames with another avatar's id (a session that switched avatars)."""
+        p = self._payload
+        self.set_payload(Payload(p.instance_hash, id_hash(avatar_id, "avatar"), p.timestamp_s))
+
     def set_timestamp(self, timestamp_s: float) -> None:
         """Stamp later frames with this time (Unix seconds); cheap when the second is unchanged."""
         p = self._payload

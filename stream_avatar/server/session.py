@@ -345,7 +345,7 @@ class Session(Endpoint):
         except ValueError as exc:  # an unknown id, or one without a consent record (``no_consent``)
             raise protocol.ProtocolError(getattr(exc, "code", "unknown_avatar"), str(exc)) from None
         if self.engine is not None:
-            self.engine.set_renderer(renderer)
+            self.engine.set_renderer(renderer, avatar_id)
         self.avatar_id = avatar_id
         await self.send({"type": "avatar", "avatar": avatar_id})
 

@@ -114,6 +114,8 @@ class Watermark(Protocol):
 
     def set_timestamp(self, timestamp_s: float) -> None: ...
 
+    def set_avatar(self, avatar_id: str) -> None: ...
+
     def mark(self, frame_rgb: np.ndarray) -> np.ndarray: ...  # (H, W, 3) uint8 -> a marked copy
 
 
@@ -307,6 +309,8 @@ class AvatarEngine:
         self._estimator = emotion_estimator
         self._disclosure = disclosure
         self._watermark = watermark
+        self._mark_avatar: str | None = None  # set by set_renderer; the worker hands it to the mark
+        self._marked_avatar: str | None = None
 
         # Shared state, guarded by _lock. _cond wakes the worker (input, clear, close, output room).
         self._lock = threading.Lock()
@@ -391,12 +395,15 @@ class AvatarEngine:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    def set_renderer(self, renderer: Renderer) -> None:
+    def set_renderer(self, renderer: Renderer, avatar_id: str | None = None) -> None:
         """Swap the renderer (e.g. another avatar of the same size); takes effect at the next batch.
+        ``avatar_id``: the new avatar's id, which the watermark carries from then on.
 
-        Thread-safe: the worker reads the reference once per batch, and an attribute store is atomic.
+        Thread-safe: the worker reads the references once per batch, and an attribute store is atomic.
         """
         self._renderer = renderer
+        if avatar_id is not None:
+            self._mark_avatar = avatar_id
 
     def set_emotion(self, weights: Mapping[str, float]) -> None:
         """Change the operator's emotion (validated weights, e.g. from ``emotion.parse``); the face
@@ -746,6 +753,10 @@ class AvatarEngine:
             if self._disclosure is not None:
                 frames = self._disclosure.apply(frames)
             if self._watermark is not None:
+                avatar_id = self._mark_avatar
+                if avatar_id is not None and avatar_id != self._marked_avatar:
+                    self._watermark.set_avatar(avatar_id)
+                    self._marked_avatar = avatar_id
                 self._watermark.set_timestamp(time.time())
                 frames = np.stack([self._watermark.mark(f) for f in frames])
             per_frame_render_ms = render_s * 1000.0 / len(batch)
