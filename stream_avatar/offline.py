@@ -287,7 +287,7 @@ def render_file(
     from stream_avatar.session.engine import build_engine
 
     if signing is not None:
-        provenance._require_c2pa()  # before any work: a configured signature must not be skipped
+        provenance.require_c2pa()  # before any work: a configured signature must not be skipped
     schedule: list[tuple[int, Mapping[str, float]]] = []
     if (audio_path is None) == (script is None):
         raise ValueError("give an audio file or a presenter script, not both")

@@ -150,7 +150,7 @@ def c2pa_available() -> bool:
     return True
 
 
-def _require_c2pa() -> Any:
+def require_c2pa() -> Any:
     try:
         import c2pa
     except ImportError:
@@ -178,7 +178,7 @@ def _sign(
     review: Mapping[str, Any] | None = None,
     parent: Path | None = None,
 ) -> None:
-    c2pa = _require_c2pa()
+    c2pa = require_c2pa()
     actions: list[dict[str, Any]] = []
     if parent is None:
         actions.append({"action": "c2pa.created", "digitalSourceType": TRAINED_ALGORITHMIC_MEDIA})
