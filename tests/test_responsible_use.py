@@ -19,7 +19,7 @@ import websockets
 from stream_avatar import cli
 from stream_avatar.avatar.consent import ConsentError, read_consent_file, require_consent
 from stream_avatar.avatar.store import DEFAULT_AVATAR_IMAGE, Avatar, AvatarStore
-from stream_avatar.config import ConfigError, DisclosureConfig, load_config
+from stream_avatar.config import ConfigError, DisclosureConfig, WatermarkConfig, load_config
 from stream_avatar.offline import render_file
 from stream_avatar.provenance.audit import AuditLog, default_audit_path
 from stream_avatar.provenance.disclosure import DisclosureBadge, make_badge
@@ -165,8 +165,13 @@ def test_offline_render_carries_the_badge_unless_configured_off_and_is_audited(
 ) -> None:
     wav = _wav(tmp_path / "speech.wav")
     store = tmp_path / "store"
+    # The invisible mark carries the time, so two renders a second apart differ all over the frame:
+    # it is off in both, so the comparison sees the badge alone (the mark has its own tests).
+    unmarked = WatermarkConfig(enabled=False)
     with caplog.at_level(logging.WARNING):
-        on = render_file(wav, tmp_path / "on.mp4", None, "dsp", size=SIZE, progress=False, store_dir=store)
+        on = render_file(
+            wav, tmp_path / "on.mp4", None, "dsp", size=SIZE, progress=False, store_dir=store, watermark=unmarked
+        )
         assert not [r for r in caplog.records if "disclosure" in r.getMessage()]
         off = render_file(
             wav,
@@ -177,6 +182,7 @@ def test_offline_render_carries_the_badge_unless_configured_off_and_is_audited(
             progress=False,
             store_dir=store,
             disclosure=DisclosureConfig(enabled=False),
+            watermark=unmarked,
         )
     assert [
         r for r in caplog.records if r.levelno == logging.WARNING and "disclosure.enabled" in r.getMessage()
