@@ -170,7 +170,14 @@ def test_offline_render_carries_the_badge_unless_configured_off_and_is_audited(
     unmarked = WatermarkConfig(enabled=False)
     with caplog.at_level(logging.WARNING):
         on = render_file(
-            wav, tmp_path / "on.mp4", None, "dsp", size=SIZE, progress=False, store_dir=store, watermark=unmarked
+            wav,
+            tmp_path / "on.mp4",
+            None,
+            "dsp",
+            size=SIZE,
+            progress=False,
+            store_dir=store,
+            watermark=unmarked,
         )
         assert not [r for r in caplog.records if "disclosure" in r.getMessage()]
         off = render_file(
