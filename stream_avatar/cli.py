@@ -173,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         server.add_argument("--avatar", default=None, metavar="IMAGE_OR_ID", help="image or avatar id")
         server.add_argument("--latency-budget-ms", type=int, default=None, help="playout budget (default 80)")
         server.add_argument("--max-sessions", type=int, default=None, help="concurrent sessions (default 4)")
+        server.add_argument(
+            "--bearer-token",
+            default=None,
+            metavar="TOKEN",
+            help="WHIP/WHEP requests must carry Authorization: Bearer TOKEN (16+ characters; prefer the "
+            "env STREAM_AVATAR_BEARER_TOKEN: a flag shows in the process list)",
+        )
         add_common(server)
         add_render_opts(server)
 
@@ -363,6 +370,7 @@ def _config(args: argparse.Namespace) -> Config:
         "port": getattr(args, "port", None),
         "latency_budget_ms": getattr(args, "latency_budget_ms", None),
         "max_sessions": getattr(args, "max_sessions", None),
+        "bearer_token": getattr(args, "bearer_token", None),
         "disclosure": getattr(args, "disclosure", None),
         "disclosure_text": getattr(args, "disclosure_text", None),
         "disclosure_position": getattr(args, "disclosure_position", None),

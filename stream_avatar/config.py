@@ -214,8 +214,14 @@ class ServerConfig:
     max_viewers: int = 16
     cpu_fraction: float = 0.8
     audio_jitter_prefetch: int = 0
+    # WHIP and WHEP requests must carry ``Authorization: Bearer <token>`` when set (not in repr: the
+    # configuration may be logged).
+    bearer_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        token = self.bearer_token
+        if token is not None and (len(token) < 16 or not all(33 <= ord(c) <= 126 for c in token)):
+            raise ConfigError("bearer_token must be at least 16 printable ASCII characters without spaces")
         if not 0 <= self.port <= 65535:  # 0: the system picks a free port (printed at start)
             raise ConfigError(f"port must lie in 0..65535, got {self.port}")
         if not 40 <= self.latency_budget_ms <= 2000:
@@ -260,6 +266,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "max_viewers": ("server", "max_viewers"),
     "cpu_fraction": ("server", "cpu_fraction"),
     "audio_jitter_prefetch": ("server", "audio_jitter_prefetch"),
+    "bearer_token": ("server", "bearer_token"),
     "disclosure": ("disclosure", "enabled"),
     "disclosure_text": ("disclosure", "text"),
     "disclosure_position": ("disclosure", "position"),
@@ -283,6 +290,9 @@ _BOOLS |= {"false": False, "0": False, "no": False, "off": False}
 def _parse(section: str, name: str, value: object, origin: str) -> object:
     """Coerce one value (string from env, TOML scalar or CLI value) to the field's type."""
     if section == "avatar" and name == "spec":
+        text = str(value).strip()
+        return text or None
+    if name == "bearer_token":
         text = str(value).strip()
         return text or None
     if name == "store_dir" or (section, name) == ("audit", "path"):

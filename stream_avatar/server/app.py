@@ -1,15 +1,17 @@
-"""The server: HTTP for the browser client and a WebSocket per session, on one port, in one process.
+"""The server: HTTP for the browser client, the WebSockets and WHIP/WHEP, on one port, in one process.
 
-``websockets`` serves both: requests to ``/ws`` become WebSocket sessions (a presenter's microphone,
-or a watch-only viewer of a running stream); requests to ``/pcm`` become PCM-driven streams (TTS,
-voice agents: ``stream.PcmStream``); any other GET is answered from ``web_client/`` by
-``process_request`` (a handful of static files; no framework needed). Static paths are validated
-against an allow-list of names in that folder, never joined from raw input.
+aiohttp serves it all: ``/ws`` upgrades to a WebSocket session (a presenter's microphone, or a
+watch-only viewer of a running stream); ``/pcm`` to a PCM-driven stream (TTS, voice agents:
+``stream.PcmStream``); ``POST /whip/NAME`` starts a stream driven by a WHIP publisher's audio and
+``POST /whep/NAME`` a WHEP player of a running stream (``whip``), each with its resource for PATCH
+(trickled candidates) and DELETE; ``/status`` reports admission; any other GET is answered from
+``web_client/``. Static paths are looked up in an allow-list of the files in that folder, never
+joined from raw input; stream names and resource ids are validated before any lookup.
 
 Responsible use (issue 12): avatars without a consent record are refused (an ``error`` with code
 ``no_consent``, or a start-up error for the configured one) unless ``allow_unconsented_avatars``;
-every session, viewer and PCM stream is written to the audit log (start and end: avatar, remote
-address, duration, frames; never audio; one small unbuffered write on the loop per event); the
+every session, viewer, PCM, WHIP and WHEP stream is written to the audit log (start and end: avatar,
+remote address, duration, frames; never audio; one small unbuffered write on the loop per event); the
 engines composite the visible "AI-generated" badge (``build_server``).
 """
 
@@ -17,30 +19,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import mimetypes
 import signal
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
+from aiohttp import WSMsgType, web
 
 from stream_avatar.avatar.consent import has_consent, require_consent
 from stream_avatar.config import Config
 from stream_avatar.provenance.audit import AuditLog
-from stream_avatar.server import protocol
+from stream_avatar.server import protocol, whip
 from stream_avatar.server.admission import Admission, AdmissionSettings, Refusal, calibrate
 from stream_avatar.server.session import Session, SessionSettings
 from stream_avatar.server.stream import Broadcast, PcmStream
+from stream_avatar.server.whip import WhepViewer, WhipStream
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +49,15 @@ WS_PATH = "/ws"
 PCM_PATH = "/pcm"  # a stream driven by PCM over this WebSocket (``?avatar=ID`` optional)
 STATUS_PATH = "/status"  # JSON: would a session be let in now, why not, and the measured load
 STATIC_SUFFIXES = {".html", ".js", ".mjs", ".css", ".png", ".svg", ".ico", ".json", ".webmanifest"}
-# WebSocket messages beyond this are refused by websockets itself (connection closed with 1009); below
+# WebSocket messages beyond this are refused by aiohttp itself (connection closed with 1009); below
 # it and above protocol.MAX_MESSAGE_BYTES (protocol.MAX_REFERENCE_MESSAGE_BYTES for `emotion_ref`, the
 # only big message: a base64 face clip) the session answers `too_large` and carries on.
 WS_MAX_SIZE = protocol.MAX_REFERENCE_MESSAGE_BYTES + (1 << 20)
-# An upgrade admitted by process_request counts as a session until its handler registers it (or
-# this long has passed: a handshake that failed after admission).
-ADMITTED_HOLD_S = 10.0
+WS_HEARTBEAT_S = 20.0  # ping idle sockets; a peer that stops answering is closed
+WS_CLOSE_TIMEOUT_S = 5.0  # wait this long for the peer's close frame
+# HTTP request bodies (WHIP/WHEP offers, trickle fragments): an SDP is at most protocol.MAX_SDP_CHARS.
+MAX_BODY_BYTES = protocol.MAX_SDP_CHARS + 4096
+SHUTDOWN_TIMEOUT_S = 5.0  # aclose: handlers still running after this are cancelled
 CALIBRATION_FRAMES = 12
 
 
@@ -69,11 +71,13 @@ class ServerSettings:
     prior_session_cores: float | None = None
     measured_admission: bool = True
     allow_unconsented_avatars: bool = False
+    # WHIP and WHEP requests must carry ``Authorization: Bearer <token>`` when set.
+    bearer_token: str | None = field(default=None, repr=False)
     session: SessionSettings = field(default_factory=SessionSettings)
 
 
 class AvatarServer:
-    """Session registry + the websockets server. ``await start()``, ``await aclose()``.
+    """Session, stream and viewer registry + the aiohttp server. ``await start()``, ``await aclose()``.
 
     avatars: ``resolve(spec) -> Avatar`` for "default" or an enrolled id (runs in a thread; may
       enroll or precompute), and ``build_engine(avatar) -> AvatarEngine`` /
@@ -101,7 +105,12 @@ class AvatarServer:
         self.audit = audit
         self.sessions: dict[str, Session] = {}
         self.streams: dict[str, PcmStream] = {}
-        self._server: Server | None = None
+        self.whip_streams: dict[str, WhipStream] = {}  # by stream name
+        self.whep_viewers: dict[str, WhepViewer] = {}  # by resource id
+        self._sockets: set[web.WebSocketResponse] = set()
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self._stopping = False
         self._avatars: dict[str, Any] = {}
         self._avatar_lock = asyncio.Lock()
         self._closers: set[asyncio.Future[Any]] = set()
@@ -116,9 +125,9 @@ class AvatarServer:
             lambda: (
                 [s.load() for s in list(self.sessions.values())]
                 + [s.load() for s in list(self.streams.values())]
+                + [s.load() for s in list(self.whip_streams.values())]
             ),
         )
-        self._admitted: list[float] = []  # monotonic times of upgrades admitted, not yet registered
         self._sampler: asyncio.Task[Any] | None = None
 
     # ------------------------------------------------------------------------------ avatars
@@ -210,55 +219,51 @@ class AvatarServer:
 
     # ---------------------------------------------------------------------------------- http
 
-    def _static(self, path: str) -> Response:
-        name = path.split("?", 1)[0].lstrip("/") or "index.html"
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.on_response_prepare.append(_secure_headers)
+        router = app.router
+        router.add_get(WS_PATH, self._ws_route)
+        router.add_get(PCM_PATH, self._pcm_route)
+        router.add_get(STATUS_PATH, self._status)
+        router.add_post("/whip/{stream}", self._whip_post)
+        router.add_post("/whep/{stream}", self._whep_post)
+        for kind in ("whip", "whep"):
+            router.add_route("OPTIONS", f"/{kind}/{{stream}}", self._options)
+            router.add_patch(f"/{kind}/{{stream}}/{{resource}}", self._patch)
+            router.add_delete(f"/{kind}/{{stream}}/{{resource}}", self._delete)
+        router.add_get("/{path:.*}", self._static)  # last: every other GET is a file of web_client/
+        return app
+
+    async def _static(self, request: web.Request) -> web.Response:
+        name = request.match_info["path"] or "index.html"
         allowed = {
             p.relative_to(self.web_root).as_posix(): p
             for p in self.web_root.rglob("*")
             if p.is_file() and p.suffix in STATIC_SUFFIXES
         }
-        target = allowed.get(name)
+        target = allowed.get(name)  # looked up in the allow-list, never joined onto a path
         if target is None:
-            return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+            return web.Response(status=HTTPStatus.NOT_FOUND, text="not found\n", charset="utf-8")
         ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-        if ctype.startswith("text/") or ctype in ("application/javascript", "application/json"):
-            ctype += "; charset=utf-8"
         if target.suffix in (".js", ".mjs"):
-            ctype = "text/javascript; charset=utf-8"
-        return _response(HTTPStatus.OK, target.read_bytes(), ctype)
+            ctype = "text/javascript"
+        charset = "utf-8" if ctype.startswith("text/") or ctype in ("application/json",) else None
+        return web.Response(body=target.read_bytes(), content_type=ctype, charset=charset)
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = request.path.split("?", 1)[0]
-        if path == WS_PATH and "watch" in urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query):
-            try:  # a viewer says so at the upgrade (``/ws?watch=ID``): it needs an encode, not an engine
-                self.admission.check_viewer(self._viewers())
-            except Refusal as exc:
-                body = json.dumps(protocol.error_message("busy", str(exc)))
-                return _response(HTTPStatus.SERVICE_UNAVAILABLE, body.encode(), "application/json")
-            return None
-        if path in (WS_PATH, PCM_PATH):
-            try:
-                self.admission.check(self._open_sessions())
-            except Refusal as exc:
-                body = json.dumps(protocol.error_message("busy", str(exc)))
-                return _response(HTTPStatus.SERVICE_UNAVAILABLE, body.encode(), "application/json")
-            self._admitted.append(asyncio.get_running_loop().time())
-            return None  # go on with the WebSocket handshake
-        if path == STATUS_PATH:
-            return self._status()
-        return self._static(request.path)
+    def _busy(self, exc: Refusal) -> web.Response:
+        return _error(HTTPStatus.SERVICE_UNAVAILABLE, "busy", str(exc))
 
     def _open_sessions(self) -> int:
-        """Registered sessions plus upgrades admitted but not registered yet (expired ones dropped)."""
-        now = asyncio.get_running_loop().time()
-        self._admitted = [t for t in self._admitted if now - t < ADMITTED_HOLD_S]
+        """What admission counts as sessions: presenters, PCM streams and WHIP streams (each registered
+        before its handshake or negotiation yields, so concurrent requests see it)."""
         presenters = sum(1 for s in self.sessions.values() if not s.watching)
-        return presenters + len(self.streams) + len(self._admitted)
+        return presenters + len(self.streams) + len(self.whip_streams)
 
     def _viewers(self) -> int:
-        return sum(1 for s in self.sessions.values() if s.watching)
+        return sum(1 for s in self.sessions.values() if s.watching) + len(self.whep_viewers)
 
-    def _status(self) -> Response:
+    async def _status(self, request: web.Request) -> web.Response:
         """What a browser cannot read from a refused WebSocket upgrade: whether one more session
         would be let in now, the reason if not, and the load admission control measures."""
         reason = self.admission.reason(self._open_sessions())
@@ -268,36 +273,63 @@ class AvatarServer:
             "reason": reason,
             "accepting_viewers": viewer_reason is None,
             "viewer_reason": viewer_reason,
-            "sessions": len(self.sessions) - self._viewers(),
-            "streams": len(self.streams),
+            "sessions": sum(1 for s in self.sessions.values() if not s.watching),
+            "streams": len(self.streams) + len(self.whip_streams),
             "viewers": self._viewers(),
             "max_viewers": self.settings.max_viewers,
             "max_sessions": self.settings.max_sessions,
             **self.admission.snapshot(),
         }
-        return _response(HTTPStatus.OK, json.dumps(body).encode(), "application/json")
+        return web.json_response(body)
 
     # ---------------------------------------------------------------------------- sessions
 
     def find_stream(self, stream_id: str) -> Broadcast | None:
-        """The outputs of a running stream, for a viewer: a PCM stream, or a presenter's session."""
+        """The outputs of a running stream, for a viewer: a PCM stream, a WHIP stream, or a
+        presenter's session."""
         stream = self.streams.get(stream_id)
         if stream is not None and not stream.closed:
             return stream.broadcast
+        whip = self.whip_streams.get(stream_id)
+        if whip is not None and whip.playout is not None and not whip.closed:
+            return whip.broadcast
         session = self.sessions.get(stream_id)
         if session is not None and session.playout is not None and not session.closed:
             return session.broadcast
         return None
 
-    async def _handler(self, ws: ServerConnection) -> None:
-        if ws.request is not None and ws.request.path.split("?", 1)[0] == PCM_PATH:
-            await self._pcm_handler(ws)
-            return
+    def _websocket(self) -> web.WebSocketResponse:
+        # Incoming messages wait in aiohttp's reader, which stops reading the socket beyond 64 KiB
+        # queued (flow control): the queue per connection is bounded by that and max_msg_size.
+        return web.WebSocketResponse(
+            max_msg_size=WS_MAX_SIZE, heartbeat=WS_HEARTBEAT_S, timeout=WS_CLOSE_TIMEOUT_S
+        )
+
+    def _upgrade_refusal(self, request: web.Request, ws: web.WebSocketResponse) -> web.Response | None:
+        if not ws.can_prepare(request).ok:
+            return _error(HTTPStatus.UPGRADE_REQUIRED, "bad_request", "this address takes a WebSocket")
+        if self._stopping:
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, "busy", "the server is shutting down")
+        return None
+
+    async def _ws_route(self, request: web.Request) -> web.StreamResponse:
+        ws = self._websocket()
+        refused = self._upgrade_refusal(request, ws)
+        if refused is not None:
+            return refused
+        watch_hint = "watch" in request.query
+        try:
+            if watch_hint:  # a viewer says so at the upgrade (``/ws?watch=ID``): an encode, not an engine
+                self.admission.check_viewer(self._viewers())
+            else:
+                self.admission.check(self._open_sessions())
+        except Refusal as exc:
+            return self._busy(exc)
 
         async def send(message: dict[str, Any]) -> None:
-            await ws.send(json.dumps(message, separators=(",", ":")))
+            await ws.send_str(json.dumps(message, separators=(",", ":")))
 
-        remote = _remote(ws)
+        remote = _remote(request)
 
         async def renderer_for(spec: str) -> tuple[Any, str]:
             renderer, avatar_id = await self._renderer_for(spec)
@@ -312,22 +344,22 @@ class AvatarServer:
             self.default_avatar,
             find_stream=self.find_stream,
         )
-        assert ws.request is not None
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(ws.request.path).query)
-        session.watch_hint = "watch" in query  # admitted as a viewer (see _process_request)
-        self.sessions[session.id] = session
-        if self._admitted and not session.watch_hint:
-            self._admitted.pop(0)
+        session.watch_hint = watch_hint
+        self.sessions[session.id] = session  # counted by admission from here on
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            self.sessions.pop(session.id, None)
+            await session.close()
+            raise
 
         def closed(s: Session) -> None:
             self.sessions.pop(s.id, None)
             # A session closed by its peer connection (failed, closed) ends its socket too.
-            self._closers.add(asyncio.ensure_future(ws.close()))
-            for task in list(self._closers):
-                if task.done():
-                    self._closers.discard(task)
+            self._track(ws.close())
 
         session.on_closed = closed
+        self._sockets.add(ws)
         logger.info("session opened", extra={"session": session.id, "remote": remote})
         kind = "viewer" if session.watch_hint else "session"
         started = time.monotonic()
@@ -340,11 +372,13 @@ class AvatarServer:
         )
         try:
             await session.hello()
-            async for raw in ws:
-                await session.handle(raw)
-        except ConnectionClosed:
-            pass
+            async for msg in ws:
+                if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    await session.handle(msg.data)
+                elif msg.type == WSMsgType.ERROR:  # e.g. a message over WS_MAX_SIZE (closed with 1009)
+                    break
         finally:
+            self._sockets.discard(ws)
             await session.close()
             await ws.close()
             self._audit(
@@ -357,23 +391,24 @@ class AvatarServer:
                 duration_s=round(time.monotonic() - started, 3),
                 frames=session.playout.ticks if session.playout is not None else 0,
             )
+        return ws
 
-    async def _pcm_handler(self, ws: ServerConnection) -> None:
+    async def _pcm_route(self, request: web.Request) -> web.StreamResponse:
         """One PCM stream per ``/pcm`` connection; it ends (and its viewers with it) when the socket
         closes."""
+        ws = self._websocket()
+        refused = self._upgrade_refusal(request, ws)
+        if refused is not None:
+            return refused
+        try:
+            self.admission.check(self._open_sessions())
+        except Refusal as exc:
+            return self._busy(exc)
 
         async def send(message: dict[str, Any]) -> None:
-            await ws.send(json.dumps(message, separators=(",", ":")))
+            await ws.send_str(json.dumps(message, separators=(",", ":")))
 
-        assert ws.request is not None
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(ws.request.path).query)
-        avatar = query.get("avatar", [self.default_avatar])[0]
-        if self._admitted:
-            self._admitted.pop(0)
-        if not protocol.AVATAR_ID.match(avatar):
-            await send(protocol.error_message("unknown_avatar", "avatar must be an enrolled id or default"))
-            await ws.close()
-            return
+        avatar = request.query.get("avatar", self.default_avatar)
         settings = self.settings.session
         stream = PcmStream(
             send,
@@ -384,13 +419,24 @@ class AvatarServer:
             emotion=settings.emotion,
             avatar_id=avatar,
         )
-        self.streams[stream.id] = stream
+        self.streams[stream.id] = stream  # counted by admission from here on
 
         def closed(s: PcmStream) -> None:
             self.streams.pop(s.id, None)
 
         stream.on_closed = closed
-        remote = _remote(ws)
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            await stream.close()
+            raise
+        if not protocol.AVATAR_ID.match(avatar):
+            await send(protocol.error_message("unknown_avatar", "avatar must be an enrolled id or default"))
+            await stream.close()
+            await ws.close()
+            return ws
+        self._sockets.add(ws)
+        remote = _remote(request)
         logger.info("pcm stream opened", extra={"stream": stream.id, "remote": remote})
         started = time.monotonic()
         self._audit(
@@ -401,12 +447,14 @@ class AvatarServer:
                 await stream.start()
             except ValueError as exc:  # an unknown avatar id, or one without a consent record
                 await send(protocol.error_message(getattr(exc, "code", "unknown_avatar"), str(exc)))
-                return
-            async for raw in ws:
-                await stream.handle(raw)
-        except ConnectionClosed:
-            pass
+                return ws
+            async for msg in ws:
+                if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    await stream.handle(msg.data)
+                elif msg.type == WSMsgType.ERROR:
+                    break
         finally:
+            self._sockets.discard(ws)
             await stream.close()
             await ws.close()
             self._audit(
@@ -418,24 +466,237 @@ class AvatarServer:
                 duration_s=round(time.monotonic() - started, 3),
                 frames=stream.playout.ticks if stream.playout is not None else 0,
             )
+        return ws
+
+    # ----------------------------------------------------------------------------- WHIP / WHEP
+
+    def _authorize(self, request: web.Request) -> None:
+        """HTTPUnauthorized unless the request carries the configured bearer token (when one is)."""
+        token = self.settings.bearer_token
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise _http_error(
+                web.HTTPUnauthorized,
+                "unauthorized",
+                "this server needs Authorization: Bearer <token>",
+                headers={"WWW-Authenticate": 'Bearer realm="stream_avatar"'},
+            )
+
+    async def _offer(self, request: web.Request) -> str:
+        """The SDP offer of a WHIP/WHEP POST: 415 for another content type, 400 for a body that is
+        no SDP text (aiohttp answers 413 beyond MAX_BODY_BYTES)."""
+        if request.content_type != whip.SDP_CONTENT_TYPE:
+            raise _http_error(
+                web.HTTPUnsupportedMediaType,
+                "bad_content_type",
+                f"the offer must be sent as {whip.SDP_CONTENT_TYPE}, not {request.content_type}",
+            )
+        try:
+            sdp = (await request.read()).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _http_error(web.HTTPBadRequest, "bad_offer", "the SDP offer is not UTF-8 text") from None
+        if not sdp.startswith("v=0") or len(sdp) > protocol.MAX_SDP_CHARS:
+            raise _http_error(
+                web.HTTPBadRequest,
+                "bad_offer",
+                f'the body must be an SDP offer: text starting with "v=0", at most '
+                f"{protocol.MAX_SDP_CHARS} characters",
+            )
+        return sdp
+
+    def _stream_name(self, request: web.Request) -> str:
+        name = request.match_info["stream"]
+        if not whip.STREAM_NAME.match(name):
+            raise _http_error(
+                web.HTTPBadRequest, "bad_stream", "a stream id is 1-64 of the characters A-Z a-z 0-9 _ -"
+            )
+        return name
+
+    async def _whip_post(self, request: web.Request) -> web.Response:
+        """A WHIP publisher starts a stream named by the URL; its audio drives the avatar."""
+        self._authorize(request)
+        name = self._stream_name(request)
+        sdp = await self._offer(request)
+        avatar = request.query.get("avatar", self.default_avatar)
+        if not protocol.AVATAR_ID.match(avatar):
+            raise _http_error(
+                web.HTTPBadRequest, "unknown_avatar", "avatar must be an enrolled id or default"
+            )
+        if self._stopping:
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, "busy", "the server is shutting down")
+        if name in self.whip_streams or self.find_stream(name) is not None:
+            raise _http_error(web.HTTPConflict, "stream_exists", f"stream {name} is already running")
+        try:
+            self.admission.check(self._open_sessions())
+        except Refusal as exc:
+            return self._busy(exc)
+        stream = WhipStream(name, self._engine_for, self.settings.session, avatar)
+        self.whip_streams[name] = stream  # counted by admission, and the name taken, from here on
+        remote = _remote(request)
+        started = time.monotonic()
+
+        def closed(s: WhipStream) -> None:
+            if self.whip_streams.get(s.name) is s:
+                del self.whip_streams[s.name]
+            if s.playout is not None:  # a stream that ran (a refused offer was never announced)
+                self._audit(
+                    "session_end",
+                    session=s.id,
+                    kind="whip",
+                    stream=s.name,
+                    **self._avatar_fields(s.avatar_id),
+                    remote=remote,
+                    duration_s=round(time.monotonic() - started, 3),
+                    frames=s.playout.ticks,
+                )
+
+        stream.on_closed = closed
+        try:
+            answer = await stream.negotiate(sdp)
+        except whip.OfferError as exc:
+            await stream.close()
+            raise _http_error(web.HTTPBadRequest, "bad_offer", str(exc)) from None
+        except ValueError as exc:  # the avatar: unknown, or stored without a consent record
+            await stream.close()
+            code = getattr(exc, "code", "unknown_avatar")
+            cls = web.HTTPForbidden if code == "no_consent" else web.HTTPBadRequest
+            raise _http_error(cls, code, str(exc)) from None
+        except BaseException:
+            await stream.close()
+            raise
+        logger.info("whip stream opened", extra={"whip": stream.id, "stream": name, "remote": remote})
+        self._audit(
+            "session_start",
+            session=stream.id,
+            kind="whip",
+            stream=name,
+            **self._avatar_fields(stream.avatar_id),
+            remote=remote,
+        )
+        return _created(f"/whip/{name}/{stream.id}", answer)
+
+    async def _whep_post(self, request: web.Request) -> web.Response:
+        """A WHEP player starts watching a running stream (WHIP, PCM, or a presenter's session)."""
+        self._authorize(request)
+        name = self._stream_name(request)
+        sdp = await self._offer(request)
+        if self._stopping:
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, "busy", "the server is shutting down")
+        broadcast = self.find_stream(name)
+        if broadcast is None or broadcast.ended:
+            raise _http_error(
+                web.HTTPNotFound, "unknown_stream", f"no stream {name} is running on this server"
+            )
+        try:
+            self.admission.check_viewer(self._viewers())
+        except Refusal as exc:
+            return self._busy(exc)
+        viewer = WhepViewer(name, broadcast)
+        self.whep_viewers[viewer.id] = viewer  # counted by admission from here on
+        remote = _remote(request)
+        started = time.monotonic()
+        announced = False
+
+        def closed(v: WhepViewer) -> None:
+            self.whep_viewers.pop(v.id, None)
+            if announced:
+                self._audit(
+                    "session_end",
+                    session=v.id,
+                    kind="whep",
+                    watched=v.stream_id,
+                    remote=remote,
+                    duration_s=round(time.monotonic() - started, 3),
+                )
+
+        viewer.on_closed = closed
+        try:
+            answer = await viewer.negotiate(sdp)
+        except whip.OfferError as exc:
+            await viewer.close()
+            raise _http_error(web.HTTPBadRequest, "bad_offer", str(exc)) from None
+        except BaseException:
+            await viewer.close()
+            raise
+        announced = True
+        self._audit("session_start", session=viewer.id, kind="whep", watched=name, remote=remote)
+        return _created(f"/whep/{name}/{viewer.id}", answer)
+
+    def _resource(self, request: web.Request) -> WhipStream | WhepViewer:
+        """The WHIP stream or WHEP viewer a PATCH / DELETE names; 404 for any other URL."""
+        kind = request.path.split("/", 2)[1]
+        name, resource = request.match_info["stream"], request.match_info["resource"]
+        found: WhipStream | WhepViewer | None = None
+        if whip.RESOURCE_ID.match(resource):
+            if kind == "whip":
+                stream = self.whip_streams.get(name)
+                if stream is not None and hmac.compare_digest(stream.id, resource):
+                    found = stream
+            else:
+                viewer = self.whep_viewers.get(resource)
+                if viewer is not None and viewer.stream_id == name:
+                    found = viewer
+        if found is None or found.closed:
+            raise _http_error(web.HTTPNotFound, "unknown_session", "no such WHIP/WHEP session on this server")
+        return found
+
+    async def _patch(self, request: web.Request) -> web.Response:
+        """Trickled ICE candidates of the client (RFC 8840 fragment): handed to the ICE agent, 204.
+        ICE restarts are not supported (422)."""
+        self._authorize(request)
+        endpoint = self._resource(request)
+        if request.content_type != whip.SDPFRAG_CONTENT_TYPE:
+            raise _http_error(
+                web.HTTPUnsupportedMediaType,
+                "bad_content_type",
+                f"PATCH takes Content-Type: {whip.SDPFRAG_CONTENT_TYPE}, not {request.content_type}",
+            )
+        try:
+            frag = whip.parse_sdpfrag((await request.read()).decode("utf-8"))
+            await endpoint.add_candidates(frag)
+        except whip.IceRestartError as exc:
+            raise _http_error(web.HTTPUnprocessableEntity, "ice_restart", str(exc)) from None
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise _http_error(web.HTTPBadRequest, "bad_candidate", f"malformed ICE fragment: {exc}") from None
+        return web.Response(status=HTTPStatus.NO_CONTENT)
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        """The client ends its session: its peer connection, engine (WHIP) and tracks are released."""
+        self._authorize(request)
+        endpoint = self._resource(request)
+        await endpoint.close()
+        return web.Response(status=HTTPStatus.OK)
+
+    async def _options(self, request: web.Request) -> web.Response:
+        """What a POST takes (WHIP/WHEP clients may ask). No CORS headers: same origin only."""
+        return web.Response(status=HTTPStatus.NO_CONTENT, headers={"Accept-Post": whip.SDP_CONTENT_TYPE})
 
     # ------------------------------------------------------------------------------ lifecycle
 
+    def _track(self, coro: Any) -> None:
+        """Run a small closing coroutine in the background, holding a reference until it is done."""
+        task = asyncio.ensure_future(coro)
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
+
     async def start(self) -> None:
-        self._server = await serve(
-            self._handler,
-            self.settings.host,
-            self.settings.port,
-            process_request=self._process_request,
-            max_size=WS_MAX_SIZE,
-            max_queue=4,  # messages up to ~12 MiB (reference clips): at most ~48 MiB per connection
+        self._stopping = False
+        runner = web.AppRunner(
+            self._app(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
         )
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.host, self.settings.port)
+        await site.start()
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
         self._sampler = asyncio.ensure_future(self.admission.run())
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1]) if self._server.sockets else self.settings.port
+        assert self._runner is not None
+        return self._port if self._port is not None else self.settings.port
 
     @property
     def url(self) -> str:
@@ -444,42 +705,65 @@ class AvatarServer:
         return f"http://{shown}:{self.port}"
 
     async def aclose(self) -> None:
-        """Stop accepting, close every session (peer connections, engines), then the listener."""
+        """Refuse new sessions, close every session, stream and viewer (peer connections, engines),
+        then their sockets and the listener."""
+        self._stopping = True
         if self._sampler is not None:
             self._sampler.cancel()
             await asyncio.gather(self._sampler, return_exceptions=True)
             self._sampler = None
-        if self._server is not None:
-            self._server.close(close_connections=False)
-        closing = [s.close() for s in list(self.streams.values())]
+        closing = [s.close() for s in list(self.whep_viewers.values())]
+        closing += [s.close() for s in list(self.streams.values())]
+        closing += [s.close() for s in list(self.whip_streams.values())]
         closing += [s.close() for s in list(self.sessions.values())]
         await asyncio.gather(*closing, return_exceptions=True)
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        await asyncio.gather(*(ws.close() for ws in list(self._sockets)), return_exceptions=True)
+        if self._closers:
+            await asyncio.gather(*list(self._closers), return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
 
-def _remote(ws: ServerConnection) -> str | None:
+def _remote(request: web.Request) -> str | None:
     """The peer's "host:port" (the proxy's, behind a reverse proxy), for logs and the audit."""
-    addr = ws.remote_address
+    addr = request.transport.get_extra_info("peername") if request.transport is not None else None
     if not addr:
         return None
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
-def _response(status: HTTPStatus, body: bytes, ctype: str) -> Response:
-    headers = Headers(
-        [
-            ("Content-Type", ctype),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-cache"),
-            ("X-Content-Type-Options", "nosniff"),
-            ("Referrer-Policy", "no-referrer"),
-        ]
+async def _secure_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every response, the static files, the errors and the WebSocket handshakes alike."""
+    response.headers.setdefault("Cache-Control", "no-cache")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+
+
+def _error(status: HTTPStatus, code: str, message: str) -> web.Response:
+    """An HTTP error with the protocol's JSON error body."""
+    return web.json_response(protocol.error_message(code, message), status=status.value)
+
+
+def _http_error(
+    cls: type[web.HTTPException], code: str, message: str, headers: dict[str, str] | None = None
+) -> web.HTTPException:
+    return cls(
+        text=json.dumps(protocol.error_message(code, message)),
+        content_type="application/json",
+        headers=headers,
     )
-    return Response(status.value, status.phrase, headers, body)
+
+
+def _created(location: str, answer: str) -> web.Response:
+    """201 with the answer SDP and the session's resource (RFC 9725 §4.2)."""
+    return web.Response(
+        status=HTTPStatus.CREATED,
+        body=answer.encode(),
+        content_type=whip.SDP_CONTENT_TYPE,
+        headers={"Location": location},
+    )
 
 
 async def serve_forever(server: AvatarServer, ready: Callable[[str], None] | None = None) -> None:
@@ -555,6 +839,7 @@ def build_server(cfg: Config, consent: Any = None) -> AvatarServer:
         max_viewers=cfg.server.max_viewers,
         cpu_fraction=cfg.server.cpu_fraction,
         allow_unconsented_avatars=cfg.avatar.allow_unconsented_avatars,
+        bearer_token=cfg.server.bearer_token,
         session=SessionSettings(
             fps=cfg.engine.fps,
             size=size,
