@@ -349,3 +349,16 @@ async def test_bearer_token_is_required_when_configured(http: aiohttp.ClientSess
             await publisher.close()
         await srv.aclose()
     assert await wait_for(lambda: not endpoint_tasks() and not engine_threads())
+
+
+def test_the_bearer_token_setting() -> None:
+    from stream_avatar.config import ConfigError, load_config
+
+    cfg = load_config(environ={"STREAM_AVATAR_BEARER_TOKEN": TOKEN})
+    assert cfg.server.bearer_token == TOKEN and TOKEN not in repr(cfg)
+    assert load_config({"bearer_token": TOKEN}, environ={}).server.bearer_token == TOKEN
+    assert load_config(environ={"STREAM_AVATAR_BEARER_TOKEN": ""}).server.bearer_token is None
+    assert load_config(environ={}).server.bearer_token is None  # off by default
+    for bad in ("short", "has a space in the middle!!"):
+        with pytest.raises(ConfigError, match="bearer_token"):
+            load_config({"bearer_token": bad}, environ={})
