@@ -87,9 +87,7 @@ def engine_threads() -> list[threading.Thread]:
 
 def open_peer_connections() -> int:
     gc.collect()
-    return sum(
-        1 for o in gc.get_objects() if isinstance(o, RTCPeerConnection) and o.connectionState != "closed"
-    )
+    return sum(1 for o in gc.get_objects() if type(o) is RTCPeerConnection and o.connectionState != "closed")
 
 
 async def wait_for(predicate: Any, timeout_s: float = 5.0) -> bool:
