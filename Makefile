@@ -4,11 +4,17 @@ VENV ?= .venv
 # The CPU build of torch installs from a local file; an unpinned torch pulls a multi-GB CUDA build.
 # Override for a GPU machine, e.g. `make test TORCH_SPEC='torch==2.11.0'`.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,train,eval,c2pa
+# `face` (mediapipe, protobuf < 5) is what enrollment needs; the main environment always has it.
+EXTRAS ?= face,dev,train,eval,c2pa
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stream_avatar-installed
+# pipecat-ai needs protobuf >= 5.29 and mediapipe 0.10.21 breaks with it, so the pipecat processor
+# and its tests get an environment of their own, without the `face` extra.
+PIPECAT_VENV ?= .venv-pipecat
+PIPECAT_PY := $(PIPECAT_VENV)/bin/python
+PIPECAT_STAMP := $(PIPECAT_VENV)/.stream_avatar-installed
 
-.PHONY: install run test lint bench clean train-motion eval-motion train-emotion eval-emotion train-data
+.PHONY: install install-pipecat run test lint bench clean train-motion eval-motion train-emotion eval-emotion train-data
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,11 +25,22 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+$(PIPECAT_STAMP): pyproject.toml Makefile
+	test -x $(PIPECAT_PY) || $(PYTHON) -m venv $(PIPECAT_VENV)
+	$(PIPECAT_PY) -m pip install -q --upgrade pip
+	$(PIPECAT_PY) -c "import torch" 2>/dev/null || $(PIPECAT_PY) -m pip install "$(TORCH_SPEC)"
+	$(PIPECAT_PY) -m pip install -e ".[pipecat,test]"
+	touch $(PIPECAT_STAMP)
+
+install-pipecat: $(PIPECAT_STAMP)
+
 run: install
 	$(PY) -m stream_avatar run
 
-test: install
+# The pipecat tests skip in .venv (no pipecat there) and run in .venv-pipecat.
+test: install install-pipecat
 	$(PY) -m pytest
+	$(PIPECAT_PY) -m pytest tests/test_pipecat.py
 
 lint: install
 	$(PY) -m ruff check stream_avatar tests benchmarks examples
@@ -70,4 +87,4 @@ eval-emotion: install
 	$(PY) benchmarks/bench_expression.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(PIPECAT_VENV) build *.egg-info

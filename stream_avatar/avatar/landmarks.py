@@ -5,7 +5,9 @@ units as ``x`` (MediaPipe's normalised depth times the image width; smaller is n
 Sides follow the rig: "left" is the subject's left, which is the image's right in an unmirrored
 photo; MediaPipe's ``LEFT_*`` landmark groups use the same convention.
 
-``mediapipe`` is imported lazily: it takes most of a second to import and only enrollment needs it.
+``mediapipe`` is imported lazily: it takes most of a second to import and only enrollment (and the
+face-video readers of ``capture/``) need it. It comes with the ``face`` extra (``make install`` has it);
+without it these functions raise ``MissingFaceExtraError``, which names the extra.
 """
 
 from __future__ import annotations
@@ -38,6 +40,22 @@ MAX_DETECT_PIXELS: int = 2_000_000
 # smaller than about a fifth of the image goes unseen; when the whole image yields nothing, square
 # windows of these fractions of the short side are searched (stride half a window).
 _WINDOW_FRACTIONS: tuple[float, ...] = (1.0, 0.5)
+
+
+class MissingFaceExtraError(ImportError):
+    """Face landmarks were asked for in an environment without the ``face`` extra (mediapipe)."""
+
+
+def _mediapipe() -> Any:
+    try:
+        import mediapipe as mp
+    except ImportError as exc:
+        raise MissingFaceExtraError(
+            "face landmarks (enrolling a portrait, emotion reference clips, the inverse fitter) need the "
+            "'face' extra: pip install 'stream_avatar[face]' (mediapipe 0.10.21 with protobuf < 5; "
+            "`make install` includes it). Streaming an already enrolled avatar does not need it."
+        ) from exc
+    return mp
 
 
 def _check_rgb(image_rgb: np.ndarray) -> None:
@@ -86,7 +104,7 @@ def face_center(landmarks: np.ndarray) -> np.ndarray:
 
 @contextmanager
 def _face_mesh(max_faces: int) -> Iterator[Any]:
-    import mediapipe as mp
+    mp = _mediapipe()
 
     with mp.solutions.face_mesh.FaceMesh(
         static_image_mode=True,
@@ -193,7 +211,7 @@ def person_mask(image_rgb: np.ndarray) -> np.ndarray:
         (H, W) float32 in [0, 1]; 1 = person.
     """
     _check_rgb(image_rgb)
-    import mediapipe as mp
+    mp = _mediapipe()
 
     # model_selection=0 is the general (square 256x256) model, which fits square portrait crops;
     # 1 is the landscape model for video calls.

@@ -17,6 +17,7 @@ import contextlib
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -158,6 +159,8 @@ class AvatarClient:
     Received ``pts`` start at 0 with the first packet of each stream (aiortc maps RTP timestamps), and
     the server sends video and audio of tick 0 together, so video pts / 3600 and audio pts / 1920 both
     count frames of the session media clock.
+    on_video / on_audio: called on the event loop with every decoded ``av.VideoFrame`` /
+    ``av.AudioFrame`` as it arrives (to hand the avatar to another pipeline); they must not block.
     """
 
     def __init__(
@@ -167,6 +170,8 @@ class AvatarClient:
         keep_frames: int = 0,
         browser_like: bool = True,
         watch: str | None = None,
+        on_video: Callable[[av.VideoFrame], None] | None = None,
+        on_audio: Callable[[av.AudioFrame], None] | None = None,
     ) -> None:
         if (source is None) == (watch is None):
             raise ValueError(
@@ -177,6 +182,8 @@ class AvatarClient:
         self.watch = watch
         self.keep_frames = keep_frames
         self.browser_like = browser_like
+        self.on_video = on_video
+        self.on_audio = on_audio
         self.received = Received()
         self.hello: dict[str, Any] | None = None
         self.answered_at: float | None = None
@@ -266,6 +273,8 @@ class AvatarClient:
                 image = frame.to_ndarray(format="rgb24") if keep else None
                 self.received.video.append((arrival, int(frame.pts or 0), image))
                 n += 1
+                if self.on_video is not None:
+                    self.on_video(frame)
 
     async def _read_audio(self, track: MediaStreamTrack) -> None:
         with contextlib.suppress(MediaStreamError):
@@ -277,6 +286,8 @@ class AvatarClient:
                 channels = len(frame.layout.channels)
                 mono = pcm.reshape(-1, channels).mean(axis=1) if channels > 1 else pcm.reshape(-1)
                 self.received.audio.append((arrival, int(frame.pts or 0), mono))
+                if self.on_audio is not None:
+                    self.on_audio(frame)
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -365,6 +376,17 @@ class PcmPublisher:
                 self.sent.append((utterance_id, start, time.monotonic()))
         await self.send({"type": "end"})
         return t0
+
+    async def send_pcm(self, samples: np.ndarray) -> None:
+        """Send samples of the open utterance as they come (a streaming TTS): int16 or float32 mono,
+        in messages of at most 1 MiB. The caller opens the utterance (``send({"type": "utterance",
+        ...})``) and ends it (``send({"type": "end"})``); ``say`` does all three for a whole one."""
+        pcm = np.asarray(samples)
+        if pcm.dtype != np.int16:
+            pcm = np.clip(np.rint(np.asarray(pcm, np.float32) * 32767), -32768, 32767).astype(np.int16)
+        step = (1 << 20) // 2
+        for start in range(0, pcm.size, step):
+            await self._ws.send(pcm[start : start + step].astype("<i2").tobytes())
 
     def sent_time_of(self, utterance_id: str | None, sample_index: int) -> float | None:
         """When the message holding ``sample_index`` of that utterance was sent (paced sends)."""
