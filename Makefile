@@ -25,11 +25,14 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-$(PIPECAT_STAMP): pyproject.toml Makefile
+# Without mediapipe the pipecat environment cannot enroll a portrait; the main one enrolls the default
+# avatar (256² and 512²) into the per-user avatar store that both environments read.
+$(PIPECAT_STAMP): $(STAMP) pyproject.toml Makefile
 	test -x $(PIPECAT_PY) || $(PYTHON) -m venv $(PIPECAT_VENV)
 	$(PIPECAT_PY) -m pip install -q --upgrade pip
 	$(PIPECAT_PY) -c "import torch" 2>/dev/null || $(PIPECAT_PY) -m pip install "$(TORCH_SPEC)"
 	$(PIPECAT_PY) -m pip install -e ".[pipecat,test]"
+	$(PY) -c "from stream_avatar.avatar.store import AvatarStore; [AvatarStore().resolve(None, size=s) for s in (256, 512)]"
 	touch $(PIPECAT_STAMP)
 
 install-pipecat: $(PIPECAT_STAMP)
