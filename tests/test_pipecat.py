@@ -269,3 +269,59 @@ def test_example_pipeline_writes_a_video(tmp_path: Path) -> None:
     assert video == summary["frames"] >= 25
     assert abs(heard - summary["frames"] / FPS) < 0.1
     assert summary["speech_s"] > 1.5
+
+
+async def test_remote_service_drives_a_server_stream_and_forwards_its_media() -> None:
+    """RemoteAvatarVideoService against a server started here (fake engine parts): the TTS audio goes
+    over /pcm, the avatar comes back through a watch-only viewer as image and audio frames, and an
+    interruption is answered by the server's ``cleared`` with what was played."""
+    from types import SimpleNamespace
+
+    from stream_avatar.integrations.pipecat import RemoteAvatarVideoService
+    from stream_avatar.server.app import AvatarServer, ServerSettings
+    from stream_avatar.server.session import SessionSettings
+
+    size = 64
+    settings = ServerSettings(
+        host="127.0.0.1",
+        port=0,
+        max_sessions=4,
+        measured_admission=False,
+        allow_unconsented_avatars=True,
+        session=SessionSettings(fps=FPS, size=size, emotion="neutral"),
+    )
+    fake_avatar = SimpleNamespace(id="default", size=size, meta={})
+    server = AvatarServer(
+        settings,
+        lambda spec: fake_avatar,
+        lambda a: AvatarEngine(FakeRenderer(size), FakeDriver(FPS), FakeIdle(0), fps=FPS, packet_lead=True),
+        lambda a: FakeRenderer(size),
+    )
+    await server.start()
+    try:
+        avatar = RemoteAvatarVideoService(server.url)
+        reports: list[ClearReport] = []
+
+        @avatar.event_handler("on_avatar_cleared")
+        async def _cleared(_processor: Any, report: ClearReport) -> None:
+            reports.append(report)
+
+        async def drive(worker: PipelineWorker, sink: Sink) -> None:
+            await worker.queue_frames(tts_frames(tone(3.0, TTS_RATE)))
+            for _ in range(600):
+                if sum(1 for _, f in sink.of(OutputImageRawFrame)) >= 40:
+                    break
+                await asyncio.sleep(0.01)
+            await worker.queue_frame(InterruptionFrame())
+            await asyncio.sleep(0.5)
+            await worker.queue_frame(EndFrame())
+
+        sink = await run_pipeline(avatar, drive, timeout_s=40.0)
+    finally:
+        await server.aclose()
+    images = sink.of(OutputImageRawFrame)
+    audio = sink.of(OutputAudioRawFrame)
+    assert len(images) >= 40 and images[0][1].size == (size, size) and images[0][1].format == "RGB"
+    assert audio and all(f.sample_rate == 48000 and f.num_channels == 1 for _, f in audio)
+    assert not sink.of(TTSAudioRawFrame)
+    assert len(reports) == 1 and 0.2 < reports[0].played_s < 3.0 and reports[0].dropped_s > 0.1, reports
