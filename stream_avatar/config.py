@@ -33,6 +33,15 @@ TOML layout (every key optional)::
     enabled = true           # the invisible mark (instance, avatar, time) in every output frame
     instance_id = ""         # this server's name in the mark; empty = the host name
 
+    [janus]                  # webinar fan-out: POST /janus/STREAM publishes a stream into a VideoRoom
+    url = ""                 # Janus's HTTP transport, e.g. "http://127.0.0.1:8088/janus"; empty = off
+    room = 1234              # the default room (a request may name another with ?room=N)
+    create_room = false      # create a missing room (else: an error)
+    pin = ""                 # the room's pin / secret, the plugin's admin_key, Janus's api_secret
+    secret = ""              # (all optional; never logged)
+    admin_key = ""
+    api_secret = ""
+
     [server]
     host = "127.0.0.1"
     port = 8080
@@ -50,7 +59,10 @@ Environment variables use the key name: ``STREAM_AVATAR_FPS``, ``STREAM_AVATAR_D
 ``STREAM_AVATAR_AUDIO_JITTER_PREFETCH``, ``STREAM_AVATAR_ALLOW_UNCONSENTED_AVATARS``,
 ``STREAM_AVATAR_DISCLOSURE`` (the badge on or off), ``STREAM_AVATAR_DISCLOSURE_TEXT``,
 ``STREAM_AVATAR_DISCLOSURE_POSITION``, ``STREAM_AVATAR_DISCLOSURE_OPACITY``, ``STREAM_AVATAR_AUDIT_LOG``,
-``STREAM_AVATAR_WATERMARK`` (the invisible mark on or off), ``STREAM_AVATAR_INSTANCE_ID``.
+``STREAM_AVATAR_WATERMARK`` (the invisible mark on or off), ``STREAM_AVATAR_INSTANCE_ID``,
+``STREAM_AVATAR_JANUS_URL``, ``STREAM_AVATAR_JANUS_ROOM``, ``STREAM_AVATAR_JANUS_CREATE_ROOM``,
+``STREAM_AVATAR_JANUS_PIN``, ``STREAM_AVATAR_JANUS_SECRET``, ``STREAM_AVATAR_JANUS_ADMIN_KEY``,
+``STREAM_AVATAR_JANUS_API_SECRET``.
 """
 
 from __future__ import annotations
@@ -239,6 +251,49 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class JanusConfig:
+    """Webinar fan-out: streams published into a Janus VideoRoom (``POST /janus/STREAM``).
+
+    url: Janus's HTTP transport with its base path (``http://127.0.0.1:8088/janus``); empty: off.
+    room: the VideoRoom room streams are published into unless a request names another.
+    create_room: create a missing room (with ``secret`` and ``pin`` when set), else it is an error.
+    pin, secret: the room's pin (to join) and secret (set on a room created here).
+    admin_key: the VideoRoom plugin's admin_key, when Janus requires it to create rooms.
+    api_secret: Janus's api_secret, when its core requires one. The four secrets are never logged.
+    """
+
+    url: str = ""
+    room: int = 1234
+    create_room: bool = False
+    pin: str | None = field(default=None, repr=False)
+    secret: str | None = field(default=None, repr=False)
+    admin_key: str | None = field(default=None, repr=False)
+    api_secret: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        try:
+            self.settings()
+        except ValueError as exc:
+            raise ConfigError(f"janus: {exc}") from None
+
+    def settings(self) -> Any:
+        """The publisher's ``JanusSettings`` (None when no url is set)."""
+        if not self.url:
+            return None
+        from stream_avatar.server.janus import JanusSettings
+
+        return JanusSettings(
+            url=self.url,
+            room=self.room,
+            pin=self.pin,
+            secret=self.secret,
+            admin_key=self.admin_key,
+            api_secret=self.api_secret,
+            create_room=self.create_room,
+        )
+
+
+@dataclass(frozen=True)
 class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     avatar: AvatarConfig = field(default_factory=AvatarConfig)
@@ -246,6 +301,7 @@ class Config:
     disclosure: DisclosureConfig = field(default_factory=DisclosureConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     watermark: WatermarkConfig = field(default_factory=WatermarkConfig)
+    janus: JanusConfig = field(default_factory=JanusConfig)
 
 
 # Flat key -> (section, field). The flat key is also the env suffix and the CLI override key.
@@ -274,6 +330,13 @@ _KEYS: dict[str, tuple[str, str]] = {
     "audit_log": ("audit", "path"),
     "watermark": ("watermark", "enabled"),
     "instance_id": ("watermark", "instance_id"),
+    "janus_url": ("janus", "url"),
+    "janus_room": ("janus", "room"),
+    "janus_create_room": ("janus", "create_room"),
+    "janus_pin": ("janus", "pin"),
+    "janus_secret": ("janus", "secret"),
+    "janus_admin_key": ("janus", "admin_key"),
+    "janus_api_secret": ("janus", "api_secret"),
 }
 _SECTIONS: dict[str, type[Any]] = {
     "engine": EngineConfig,
@@ -282,6 +345,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "disclosure": DisclosureConfig,
     "audit": AuditConfig,
     "watermark": WatermarkConfig,
+    "janus": JanusConfig,
 }
 _BOOLS = {"true": True, "1": True, "yes": True, "on": True}
 _BOOLS |= {"false": False, "0": False, "no": False, "off": False}
@@ -292,13 +356,14 @@ def _parse(section: str, name: str, value: object, origin: str) -> object:
     if section == "avatar" and name == "spec":
         text = str(value).strip()
         return text or None
-    if name == "bearer_token":
+    janus_secrets = ("pin", "secret", "admin_key", "api_secret")
+    if name == "bearer_token" or (section == "janus" and name in janus_secrets):
         text = str(value).strip()
         return text or None
     if name == "store_dir" or (section, name) == ("audit", "path"):
         text = str(value).strip()
         return Path(text).expanduser() if text else None
-    if name in ("enabled", "allow_unconsented_avatars"):
+    if name in ("enabled", "allow_unconsented_avatars", "create_room"):
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.strip().lower() in _BOOLS:
@@ -312,6 +377,7 @@ def _parse(section: str, name: str, value: object, origin: str) -> object:
         "max_sessions": int,
         "max_viewers": int,
         "audio_jitter_prefetch": int,
+        "room": int,
         "max_buffer_s": float,
         "cpu_fraction": float,
         "opacity": float,

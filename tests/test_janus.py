@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
+import re
 import shutil
 import socket
 import subprocess
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +39,9 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from stream_avatar.server.app import AvatarServer
 from stream_avatar.server.janus import JanusError, JanusPublisher, JanusSession, JanusSettings
-from tests.test_whip_whep import open_peer_connections, publish, wait_for
+from tests.test_whip_whep import make_server, open_peer_connections, publish, wait_for
 
 JANUS_LIB_DIRS = (
     Path("/usr/lib/x86_64-linux-gnu/janus"),
@@ -236,22 +239,30 @@ class Subscriber:
         await self.session.aclose()
 
 
-async def janus_sessions(http: aiohttp.ClientSession, url: str) -> int:
-    """Sessions alive on Janus, read through a fresh session's list of rooms' participants would
-    need the admin API; instead: a feed list of the room (0 when the room is gone or empty)."""
+async def participants(http: aiohttp.ClientSession, url: str, room: int = ROOM) -> int:
+    """Publishers in a room, asked through a session of its own (0 when the room does not exist)."""
     probe = JanusSession(http, url)
     await probe.create()
     try:
         handle = await probe.attach("janus.plugin.videoroom")
         try:
-            data, _ = await probe.message(handle, {"request": "listparticipants", "room": ROOM})
+            data, _ = await probe.message(handle, {"request": "listparticipants", "room": room})
         except JanusError as exc:
-            if exc.code == 426:
+            if exc.code == 426:  # no such room
                 return 0
             raise
         return len(data.get("participants", []))
     finally:
         await probe.aclose()
+
+
+async def wait_for_async(read: Callable[[], Awaitable[int]], expected: int, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await read() == expected:
+            return True
+        await asyncio.sleep(0.1)
+    return False
 
 
 @pytest.fixture
@@ -263,8 +274,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 async def test_python_api_publishes_a_stream_that_a_janus_subscriber_receives(
     janus: Janus, local_ice: None, http: aiohttp.ClientSession
 ) -> None:
-    from tests.test_whip_whep import make_server
-
     server = make_server()
     await server.start()
     publisher_pc, _ = await publish(http, server.url + "/whip/webinar")
@@ -288,5 +297,126 @@ async def test_python_api_publishes_a_stream_that_a_janus_subscriber_receives(
         await janus_pub.aclose()
         await publisher_pc.close()
         await server.aclose()
-    assert await janus_sessions(http, janus.url) == 0
+    assert await participants(http, janus.url) == 0
     assert open_peer_connections() == 0
+
+
+@pytest.fixture
+async def server(janus: Janus) -> AsyncIterator[AvatarServer]:
+    srv = make_server()
+    srv.settings = dataclasses.replace(srv.settings, janus=JanusSettings(janus.url, ROOM, create_room=True))
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.aclose()
+    assert not srv.janus_publishers and not srv.whip_streams
+
+
+async def test_post_janus_publishes_a_running_stream_to_janus_subscribers(
+    server: AvatarServer, janus: Janus, local_ice: None, http: aiohttp.ClientSession
+) -> None:
+    publisher_pc, whip_location = await publish(http, server.url + "/whip/webinar")
+    first, second = Subscriber(http, janus.url), Subscriber(http, janus.url)
+    try:
+        async with http.post(server.url + "/janus/webinar") as resp:
+            assert resp.status == 201, await resp.text()
+            body, location = await resp.json(), resp.headers["Location"]
+        assert body["stream"] == "webinar" and body["room"] == ROOM and isinstance(body["feed"], int)
+        assert re.fullmatch(r"/janus/webinar/[0-9a-f]{32}", location), location
+        async with http.post(server.url + "/janus/webinar") as resp:
+            assert resp.status == 409 and (await resp.json())["code"] == "already_published"
+        # Viewers talk to Janus only: two subscribers of the feed, the server encodes once for both.
+        await first.watch(ROOM, body["feed"])
+        await second.watch(ROOM, body["feed"])
+        for viewer in (first, second):
+            assert await wait_for(lambda v=viewer: len(v.video) > 25 and len(v.audio) > 50, 15.0)
+            # The tone opens the fake face's mouth (red channel = jaw) and is heard back.
+            assert await wait_for(lambda v=viewer: np.mean(list(v.video)[-5:]) > 200, 5.0)
+            tail = np.concatenate(list(viewer.audio)[-25:])
+            assert float(np.sqrt(np.mean(tail**2))) > 0.05
+        assert len(server.whep_viewers) == 0 and len(server.janus_publishers) == 1
+        status = await (await http.get(server.url + "/status")).json()
+        assert status["viewers"] == 1  # the Janus publisher is one viewer of the stream
+
+        # DELETE stops publishing; the stream goes on, the room is left.
+        async with http.delete(server.url + location) as resp:
+            assert resp.status == 200
+        assert not server.janus_publishers and "webinar" in server.whip_streams
+        assert await participants(http, janus.url) == 0
+        async with http.delete(server.url + location) as resp:
+            assert resp.status == 404
+
+        # Published again, then the stream ends: its Janus publisher ends with it.
+        async with http.post(server.url + "/janus/webinar") as resp:
+            assert resp.status == 201, await resp.text()
+        assert await participants(http, janus.url) == 1
+        async with http.delete(server.url + whip_location) as resp:
+            assert resp.status == 200
+        assert await wait_for(lambda: not server.janus_publishers and not server.whip_streams)
+        assert await wait_for_async(lambda: participants(http, janus.url), 0)
+    finally:
+        await first.close()
+        await second.close()
+        await publisher_pc.close()
+    assert await wait_for(lambda: open_peer_connections() == 0)
+
+
+async def test_janus_errors_are_clear_and_leave_nothing_running(
+    server: AvatarServer, janus: Janus, local_ice: None, http: aiohttp.ClientSession
+) -> None:
+    async def post(path: str) -> tuple[int, dict[str, Any]]:
+        async with http.post(server.url + path) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    status, body = await post("/janus/nothing-here")
+    assert status == 404 and body["code"] == "unknown_stream", body
+    status, body = await post("/janus/bad.name")
+    assert status == 400 and body["code"] == "bad_stream", body
+    publisher_pc, _ = await publish(http, server.url + "/whip/webinar")
+    try:
+        status, body = await post("/janus/webinar?room=abc")
+        assert status == 400 and body["code"] == "bad_room", body
+        # A room that does not exist, and the publisher may not create it.
+        base = server.settings.janus
+        assert base is not None
+        server.settings = dataclasses.replace(
+            server.settings, janus=dataclasses.replace(base, create_room=False)
+        )
+        status, body = await post("/janus/webinar?room=999")
+        assert status == 502 and body["code"] == "janus_error", body
+        assert "no such room" in body["message"].lower() and "426" in body["message"], body
+        # Janus not there.
+        gone = dataclasses.replace(base, url=f"http://127.0.0.1:{_free_port()}/janus")
+        server.settings = dataclasses.replace(server.settings, janus=gone)
+        status, body = await post("/janus/webinar")
+        assert status == 502 and "cannot reach Janus" in body["message"], body
+        # Janus not configured.
+        server.settings = dataclasses.replace(server.settings, janus=None)
+        status, body = await post("/janus/webinar")
+        assert status == 404 and body["code"] == "janus_off", body
+        assert not server.janus_publishers
+    finally:
+        await publisher_pc.close()
+    assert await participants(http, janus.url, room=999) == 0
+
+
+def test_janus_settings_from_config_and_their_errors() -> None:
+    from stream_avatar.config import ConfigError, load_config
+
+    env = {"STREAM_AVATAR_JANUS_URL": "http://127.0.0.1:8088/janus", "STREAM_AVATAR_JANUS_ROOM": "77"}
+    cfg = load_config(
+        environ={**env, "STREAM_AVATAR_JANUS_PIN": "letmein", "STREAM_AVATAR_JANUS_CREATE_ROOM": "1"}
+    )
+    settings = cfg.janus.settings()
+    assert settings == JanusSettings("http://127.0.0.1:8088/janus", 77, pin="letmein", create_room=True)
+    assert "letmein" not in repr(cfg) and "letmein" not in repr(settings)  # secrets stay out of logs
+    assert load_config(environ={}).janus.settings() is None  # off by default
+    for bad, fragment in (
+        ({"STREAM_AVATAR_JANUS_URL": "ftp://host/janus"}, "http(s)://"),
+        ({"STREAM_AVATAR_JANUS_URL": "http://user:pw@host/janus"}, "credentials"),
+        ({**env, "STREAM_AVATAR_JANUS_ROOM": "0"}, "positive integer"),
+        ({**env, "STREAM_AVATAR_JANUS_ROOM": "x"}, "room must be int"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(fragment)):
+            load_config(environ=bad)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -38,6 +39,7 @@ from stream_avatar.config import Config
 from stream_avatar.provenance.audit import AuditLog
 from stream_avatar.server import protocol, whip
 from stream_avatar.server.admission import Admission, AdmissionSettings, Refusal, calibrate
+from stream_avatar.server.janus import JanusError, JanusPublisher, JanusSettings
 from stream_avatar.server.session import Session, SessionSettings
 from stream_avatar.server.stream import Broadcast, PcmStream
 from stream_avatar.server.whip import WhepViewer, WhipStream
@@ -73,6 +75,8 @@ class ServerSettings:
     allow_unconsented_avatars: bool = False
     # WHIP and WHEP requests must carry ``Authorization: Bearer <token>`` when set.
     bearer_token: str | None = field(default=None, repr=False)
+    # Webinar fan-out (``POST /janus/NAME``): the Janus VideoRoom streams are published into; None: off.
+    janus: JanusSettings | None = None
     session: SessionSettings = field(default_factory=SessionSettings)
 
 
@@ -107,6 +111,7 @@ class AvatarServer:
         self.streams: dict[str, PcmStream] = {}
         self.whip_streams: dict[str, WhipStream] = {}  # by stream name
         self.whep_viewers: dict[str, WhepViewer] = {}  # by resource id
+        self.janus_publishers: dict[str, JanusPublisher] = {}  # by resource id
         self._sockets: set[web.WebSocketResponse] = set()
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -232,6 +237,8 @@ class AvatarServer:
             router.add_route("OPTIONS", f"/{kind}/{{stream}}", self._options)
             router.add_patch(f"/{kind}/{{stream}}/{{resource}}", self._patch)
             router.add_delete(f"/{kind}/{{stream}}/{{resource}}", self._delete)
+        router.add_post("/janus/{stream}", self._janus_post)
+        router.add_delete("/janus/{stream}/{resource}", self._janus_delete)
         router.add_get("/{path:.*}", self._static)  # last: every other GET is a file of web_client/
         return app
 
@@ -261,7 +268,8 @@ class AvatarServer:
         return presenters + len(self.streams) + len(self.whip_streams)
 
     def _viewers(self) -> int:
-        return sum(1 for s in self.sessions.values() if s.watching) + len(self.whep_viewers)
+        watchers = sum(1 for s in self.sessions.values() if s.watching)
+        return watchers + len(self.whep_viewers) + len(self.janus_publishers)  # each one encode
 
     async def _status(self, request: web.Request) -> web.Response:
         """What a browser cannot read from a refused WebSocket upgrade: whether one more session
@@ -669,6 +677,93 @@ class AvatarServer:
         await endpoint.close()
         return web.Response(status=HTTPStatus.OK)
 
+    # ----------------------------------------------------------------------------------- Janus
+
+    async def _janus_post(self, request: web.Request) -> web.Response:
+        """Publish a running stream into the configured Janus VideoRoom (``?room=N``: another room
+        of that Janus); 201 with the room and feed id once the media flows to Janus."""
+        self._authorize(request)
+        name = self._stream_name(request)
+        base = self.settings.janus
+        if base is None:
+            raise _http_error(
+                web.HTTPNotFound, "janus_off", "this server publishes to no Janus: set [janus] url (and room)"
+            )
+        room_text = request.query.get("room")
+        settings = base
+        if room_text is not None:
+            try:
+                room = int(room_text) if room_text.isdigit() and len(room_text) <= 16 else 0
+                settings = dataclasses.replace(base, room=room)
+            except ValueError:
+                raise _http_error(
+                    web.HTTPBadRequest, "bad_room", "room must be a positive integer (a VideoRoom room id)"
+                ) from None
+        if self._stopping:
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, "busy", "the server is shutting down")
+        broadcast = self.find_stream(name)
+        if broadcast is None or broadcast.ended:
+            raise _http_error(
+                web.HTTPNotFound, "unknown_stream", f"no stream {name} is running on this server"
+            )
+        for other in self.janus_publishers.values():
+            if other.stream_id == name and other.settings.room == settings.room and not other.closed:
+                raise _http_error(
+                    web.HTTPConflict,
+                    "already_published",
+                    f"stream {name} is already published into room {settings.room}",
+                )
+        try:
+            self.admission.check_viewer(self._viewers())
+        except Refusal as exc:
+            return self._busy(exc)
+        publisher = JanusPublisher(settings, display=name)
+        self.janus_publishers[publisher.id] = publisher  # counted by admission from here on
+        remote = _remote(request)
+        started = time.monotonic()
+        announced = False
+
+        def closed(p: JanusPublisher) -> None:
+            self.janus_publishers.pop(p.id, None)
+            if announced:
+                self._audit(
+                    "session_end",
+                    session=p.id,
+                    kind="janus",
+                    watched=p.stream_id,
+                    room=p.settings.room,
+                    duration_s=round(time.monotonic() - started, 3),
+                )
+
+        publisher.on_closed = closed
+        try:
+            feed = await publisher.publish(broadcast)
+        except JanusError as exc:  # the publisher has closed itself
+            raise _http_error(web.HTTPBadGateway, "janus_error", str(exc)) from None
+        announced = True
+        self._audit(
+            "session_start",
+            session=publisher.id,
+            kind="janus",
+            watched=name,
+            room=settings.room,
+            remote=remote,
+        )
+        body = {"type": "janus", "stream": name, "room": settings.room, "feed": feed}
+        return web.json_response(
+            body, status=HTTPStatus.CREATED, headers={"Location": f"/janus/{name}/{publisher.id}"}
+        )
+
+    async def _janus_delete(self, request: web.Request) -> web.Response:
+        """Stop publishing a stream into Janus (the stream itself goes on)."""
+        self._authorize(request)
+        name, resource = request.match_info["stream"], request.match_info["resource"]
+        publisher = self.janus_publishers.get(resource) if whip.RESOURCE_ID.match(resource) else None
+        if publisher is None or publisher.stream_id != name or publisher.closed:
+            raise _http_error(web.HTTPNotFound, "unknown_session", "no such Janus publisher on this server")
+        await publisher.aclose()
+        return web.Response(status=HTTPStatus.OK)
+
     async def _options(self, request: web.Request) -> web.Response:
         """What a POST takes (WHIP/WHEP clients may ask). No CORS headers: same origin only."""
         return web.Response(status=HTTPStatus.NO_CONTENT, headers={"Accept-Post": whip.SDP_CONTENT_TYPE})
@@ -712,7 +807,8 @@ class AvatarServer:
             self._sampler.cancel()
             await asyncio.gather(self._sampler, return_exceptions=True)
             self._sampler = None
-        closing = [s.close() for s in list(self.whep_viewers.values())]
+        closing = [p.aclose() for p in list(self.janus_publishers.values())]
+        closing += [s.close() for s in list(self.whep_viewers.values())]
         closing += [s.close() for s in list(self.streams.values())]
         closing += [s.close() for s in list(self.whip_streams.values())]
         closing += [s.close() for s in list(self.sessions.values())]
@@ -840,6 +936,7 @@ def build_server(cfg: Config, consent: Any = None) -> AvatarServer:
         cpu_fraction=cfg.server.cpu_fraction,
         allow_unconsented_avatars=cfg.avatar.allow_unconsented_avatars,
         bearer_token=cfg.server.bearer_token,
+        janus=cfg.janus.settings(),
         session=SessionSettings(
             fps=cfg.engine.fps,
             size=size,

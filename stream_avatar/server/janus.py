@@ -141,7 +141,8 @@ def _plugin_error(data: dict[str, Any], what: str) -> JanusError:
 
 
 def _core_error(answer: dict[str, Any], what: str) -> JanusError:
-    error = answer.get("error") if isinstance(answer.get("error"), dict) else {}
+    raw = answer.get("error")
+    error: dict[str, Any] = raw if isinstance(raw, dict) else {}
     code = error.get("code")
     reason = str(error.get("reason", "error"))[:200]
     hint = CORE_ERRORS.get(code, "") if isinstance(code, int) else ""
@@ -345,7 +346,9 @@ class JanusSession:
             try:
                 await self._post(f"/{self.id}", body, "destroy", CLOSE_REQUEST_TIMEOUT_S)
             except JanusError as exc:
-                logger.info("janus session not destroyed", extra={"janus_session": self.id, "reason": str(exc)})
+                logger.info(
+                    "janus session not destroyed", extra={"janus_session": self.id, "reason": str(exc)}
+                )
 
 
 def _prefer(pc: RTCPeerConnection, kind: str, mime_types: tuple[str, ...]) -> None:
@@ -365,6 +368,8 @@ class JanusPublisher:
         self, settings: JanusSettings, display: str = "avatar", http: aiohttp.ClientSession | None = None
     ) -> None:
         self.settings = settings
+        self.id = secrets.token_hex(16)  # the server's resource id (``/janus/NAME/ID``)
+        self.stream_id: str | None = None
         self.display = display[:64]
         self._http = http
         self._own_http = http is None
@@ -389,6 +394,7 @@ class JanusPublisher:
         refuses, or ICE/DTLS with it does not complete within ``CONNECT_TIMEOUT_S``."""
         if self._closing or self.session is not None:
             raise RuntimeError("a JanusPublisher publishes once")
+        self.stream_id = broadcast.id
         try:
             return await self._publish(broadcast)
         except BaseException:
