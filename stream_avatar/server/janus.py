@@ -124,6 +124,18 @@ class JanusSettings:
         return self.url.rstrip("/")
 
 
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body, or None beyond ``limit`` bytes (read no further)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _int_id(value: Any, what: str) -> int:
     """An id from Janus, checked before it goes into a URL."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -185,17 +197,16 @@ class JanusSession:
             async with self._http.post(
                 self._url + path, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
             ) as resp:
-                raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)
-                status = resp.status
+                raw, status = await _read_capped(resp, MAX_RESPONSE_BYTES), resp.status
         except asyncio.TimeoutError:
             raise JanusError(f"Janus at {self._url} did not answer {what} within {timeout_s:.0f} s") from None
         except aiohttp.ClientError as exc:
             raise JanusError(f"cannot reach Janus at {self._url} ({what}): {exc}") from None
         return self._decode(raw, status, what)
 
-    def _decode(self, raw: bytes, status: int, what: str) -> Any:
-        if len(raw) > MAX_RESPONSE_BYTES:
-            raise JanusError(f"Janus's answer to {what} exceeds {MAX_RESPONSE_BYTES} bytes")
+    def _decode(self, raw: bytes | None, status: int, what: str) -> Any:
+        if raw is None:
+            raise JanusError(f"Janus's answer to {what} is too large")
         try:
             answer = json.loads(raw)
         except ValueError:
@@ -282,7 +293,7 @@ class JanusSession:
                     params=params,
                     timeout=aiohttp.ClientTimeout(total=POLL_TIMEOUT_S),
                 ) as resp:
-                    raw = await resp.content.read(MAX_RESPONSE_BYTES * MAX_EVENTS_PER_POLL)
+                    raw = await _read_capped(resp, MAX_RESPONSE_BYTES * MAX_EVENTS_PER_POLL)
                     status = resp.status
                 events = self._decode(raw, status, "a long poll")
             except JanusError as exc:
