@@ -106,15 +106,48 @@ def test_level_normalizer_ignores_gain() -> None:
     assert np.abs(a - b)[above_floor].max() < 1e-2
 
 
+def test_background_column_reads_the_noise_level_under_the_speech_whatever_the_gain() -> None:
+    """The background column sits about the SNR below the peak (so a pause in noise reads apart from
+    a quiet consonant), far lower on clean speech, and a gain on the input does not move it."""
+    from stream_avatar.audio.features import extract_features
+
+    audio = _speechlike(3.0)
+    rms = float(np.sqrt(np.mean(audio[np.abs(audio) > 0.01] ** 2)))
+    noise = np.random.default_rng(1).standard_normal(audio.size).astype(np.float32)
+    to_db = 10.0 / np.log(10.0)
+    levels = {}
+    for snr in (20.0, 10.0, 0.0):
+        noisy = audio + noise * rms * 10.0 ** (-snr / 20.0)
+        col = LevelNormalizer(background=True).push(extract_features(noisy))
+        assert col.shape[1] == LevelNormalizer(background=True).n_out == LevelNormalizer().n_out + 1
+        levels[snr] = float(col[100:, -1].mean()) * to_db  # after the first second
+        quiet = LevelNormalizer(background=True).push(extract_features(noisy * 0.05))
+        assert np.abs(quiet[100:, -1] - col[100:, -1]).max() < 1e-2
+    for snr, level in levels.items():
+        assert -snr - 8.0 < level < -snr + 2.0, levels
+    clean = LevelNormalizer(background=True).push(extract_features(audio))[100:, -1].mean() * to_db
+    assert clean < levels[20.0] - 15.0
+
+
+def test_configs_saved_before_the_background_column_load_without_it() -> None:
+    old = {k: v for k, v in ModelConfig().to_json().items() if k != "background"}
+    old["n_input"] = 81
+    cfg = ModelConfig.from_json(old)
+    assert not cfg.background and cfg.n_input == 81
+    assert ModelConfig.from_json(ModelConfig().to_json()) == ModelConfig()
+    with pytest.raises(ValueError, match="n_input"):
+        ModelConfig.from_json({**ModelConfig().to_json(), "n_input": 81})
+
+
 def test_clear_forgets_audio_but_keeps_the_level_and_reset_forgets_all() -> None:
     model = _random_model()
     audio = _speechlike(2.0)
     fresh = _run(LearnedMouthDriver(model=model), audio, [640])
     driver = LearnedMouthDriver(model=model)
     driver.push(_speechlike(1.0, seed=5) * 0.1)
-    peak = driver._norm.peak
+    peak, background = driver._norm.peak, driver._norm.floor
     driver.clear()
-    assert driver._norm.peak == peak  # an interrupt does not change the speaker's level
+    assert (driver._norm.peak, driver._norm.floor) == (peak, background)  # same speaker, same room
     assert driver.flush() == []  # frames waiting for lookahead are dropped
     driver.reset()
     again = _run(driver, audio, [640])
@@ -278,7 +311,7 @@ def test_cpu_streaming_step_matches_the_torch_module() -> None:
         for block in model.net.blocks:
             block.film.weight.normal_(0, 0.5)
     model = MotionModel(model.net)  # rebuild the numpy weights after the edit
-    rows = normalize_features(extract_features(_speechlike(2.0)))
+    rows = normalize_features(extract_features(_speechlike(2.0)), model.config.background)
     emo = np.linspace(0, 1, 8).astype(np.float32)
     with torch.inference_mode():
         ref = model.net(torch.from_numpy(rows.T[None].copy()), torch.from_numpy(emo[None]))[0][0].T.numpy()

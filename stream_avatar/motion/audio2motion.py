@@ -67,6 +67,8 @@ class ModelConfig:
     the receptive field is ``1 + (kernel - 1) * sum(dilations)`` rows (10 ms each).
     lookahead_rows: rows of audio past a frame's end heard before its motion is emitted (10 ms each;
     the project's bound is 4 = 40 ms). emotion_dim: size of the emotion vector input.
+    background: one more input column, the tracked background level (``learned.LevelNormalizer``);
+    configs saved before it existed load as False.
     """
 
     channels: int = 128
@@ -74,7 +76,7 @@ class ModelConfig:
     dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 1, 2, 4, 8)
     lookahead_rows: int = 4
     emotion_dim: int = 8
-    n_input: int = N_INPUT
+    background: bool = True
     outputs: tuple[tuple[str, int], ...] = field(default=OUTPUT_LAYOUT)
 
     def __post_init__(self) -> None:
@@ -86,6 +88,11 @@ class ModelConfig:
             raise ValueError(f"checkpoint outputs {self.outputs} differ from this code's {OUTPUT_LAYOUT}")
 
     @property
+    def n_input(self) -> int:
+        """Input columns: the feature rows, plus the background level when ``background``."""
+        return N_INPUT + int(self.background)
+
+    @property
     def receptive_field_rows(self) -> int:
         return 1 + (self.kernel - 1) * sum(self.dilations)
 
@@ -93,20 +100,27 @@ class ModelConfig:
         d = asdict(self)
         d["dilations"] = list(self.dilations)
         d["outputs"] = [list(o) for o in self.outputs]
+        d["n_input"] = self.n_input  # for readers of the file; derived on load
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ModelConfig:
+        d = dict(d)
+        if "background" not in d:  # saved before the background column existed
+            d["background"] = False
+        n_input = d.pop("n_input", None)
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown model config keys: {unknown}")
-        d = dict(d)
         if "dilations" in d:
             d["dilations"] = tuple(int(x) for x in d["dilations"])
         if "outputs" in d:
             d["outputs"] = tuple((str(a), int(b)) for a, b in d["outputs"])
-        return cls(**d)
+        cfg = cls(**d)
+        if n_input is not None and int(n_input) != cfg.n_input:
+            raise ValueError(f"model config says n_input {n_input}, its settings make {cfg.n_input}")
+        return cfg
 
 
 def _channel_norm(x: torch.Tensor) -> torch.Tensor:

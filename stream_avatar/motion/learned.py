@@ -7,6 +7,11 @@ Three layers (STYLE §10):
   relative to it. A gain on the input shifts every log-mel value and the tracked peak by the same
   amount, so the model never sees the absolute level (a quiet mic and a loud TTS give the same
   motion). The recursion runs row by row in float64 Python arithmetic, so chunking cannot change it.
+  With ``background=True`` (models whose config says so) it also tracks the background level, the
+  lower envelope of the energy (falls within ~30 ms, rises ``BACKGROUND_RISE_DB_PER_S``), and appends
+  it relative to the peak as one more input column: in a pause under babble or noise the energy
+  falls only to that level, in a quiet one to silence, and a row alone cannot tell a pause in
+  babble from a quiet consonant.
 - ``MotionModel``: the network plus its config, device, ``inference_mode`` and the one loader /
   saver (safetensors weights + ``config.json`` beside them; never unpickles). ``stream(...)`` runs it
   on new rows with the per-block buffers carried, ``run(...)`` on a whole clip.
@@ -31,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stream_avatar.audio.features import HOP, N_MELS, SAMPLE_RATE_HZ, FeatureStream
+from stream_avatar.audio.features import HOP, N_FEATURES, N_MELS, SAMPLE_RATE_HZ, FeatureStream
 from stream_avatar.audio.io import pcm_to_float32
 from stream_avatar.data.visemes import MOUTH_NAMES, VISEMES
 from stream_avatar.motion import rig
@@ -68,29 +73,42 @@ class ModelNotFoundError(FileNotFoundError):
 class LevelNormalizer:
     """Causal level normalisation of feature rows (see the module docstring).
 
-    ``push(rows (n, N_FEATURES)) -> (n, N_FEATURES) float32``: each row minus the tracked peak of the
-    log energy (natural-log power units), clipped to ``[FLOOR, CEIL]``. State: the peak.
+    ``push(rows (n, N_FEATURES)) -> (n, N_FEATURES [+ 1]) float32``: each row minus the tracked peak
+    of the log energy (natural-log power units), clipped to ``[FLOOR, CEIL]``; with ``background``
+    one more column, the tracked background level minus the peak, clipped to ``[FLOOR, 0]``. State:
+    the peak and the background level.
     """
 
     DECAY_DB_PER_S = 4.0
     ATTACK = 0.3  # share of the gap closed per 10 ms row when louder than the peak (~30 ms)
     FLOOR = -20.0  # ~ -87 dB below the peak: deeper silence carries no information
     CEIL = 6.0
+    # The background tracker rises slowly so that a talker's pauses (every 0.2-1 s) keep it down at
+    # the level between words, and falls as fast as the peak tracker rises.
+    BACKGROUND_RISE_DB_PER_S = 3.0
 
-    def __init__(self) -> None:
+    def __init__(self, background: bool = False) -> None:
+        self.background = background
         self._decay = self.DECAY_DB_PER_S * HOP / SAMPLE_RATE_HZ * math.log(10.0) / 10.0
+        self._rise = self.BACKGROUND_RISE_DB_PER_S * HOP / SAMPLE_RATE_HZ * math.log(10.0) / 10.0
         self.reset()
+
+    @property
+    def n_out(self) -> int:
+        return N_FEATURES + int(self.background)
 
     def reset(self) -> None:
         self.peak: float | None = None
+        self.floor: float | None = None
 
     def push(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.float32)
         if rows.shape[0] == 0:
-            return rows.copy()
+            return np.zeros((0, self.n_out), np.float32)
         energy = rows[:, _ENERGY].astype(np.float64).tolist()
         peaks = np.empty(len(energy), dtype=np.float64)
-        p = self.peak
+        floors = np.empty(len(energy), dtype=np.float64)
+        p, f = self.peak, self.floor
         for i, e in enumerate(energy):
             if p is None:
                 p = e
@@ -98,15 +116,26 @@ class LevelNormalizer:
                 p = p + self.ATTACK * (e - p)
             else:
                 p = max(e, p - self._decay)
+            if f is None:
+                f = e
+            elif e < f:
+                f = f + self.ATTACK * (e - f)
+            else:
+                f = f + self._rise
+            f = min(f, p)
             peaks[i] = p
-        self.peak = p
-        out = rows.astype(np.float64) - peaks[:, None]
-        return np.clip(out, self.FLOOR, self.CEIL).astype(np.float32)
+            floors[i] = f
+        self.peak, self.floor = p, f
+        out = np.clip(rows.astype(np.float64) - peaks[:, None], self.FLOOR, self.CEIL)
+        if self.background:
+            bg = np.clip(floors - peaks, self.FLOOR, 0.0)
+            out = np.concatenate([out, bg[:, None]], axis=1)
+        return out.astype(np.float32)
 
 
-def normalize_features(rows: np.ndarray) -> np.ndarray:
+def normalize_features(rows: np.ndarray, background: bool = False) -> np.ndarray:
     """Offline: a whole clip's feature rows, normalised as a fresh stream would normalise them."""
-    return LevelNormalizer().push(rows)
+    return LevelNormalizer(background).push(rows)
 
 
 def frame_rows(n_frames: int, rows_per_frame: int, lookahead_rows: int) -> np.ndarray:
@@ -351,7 +380,7 @@ class LearnedMouthDriver:
         self.rows_per_frame = SAMPLE_RATE_HZ // fps // HOP
         self.lookahead_rows = self.model.config.lookahead_rows
         self._features = FeatureStream()
-        self._norm = LevelNormalizer()
+        self._norm = LevelNormalizer(self.model.config.background)
         self._emotion = self.model.neutral_emotion()
         self.last_visemes = np.zeros((0, len(VISEMES)), np.float32)
         self.reset()

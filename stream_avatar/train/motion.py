@@ -244,9 +244,10 @@ def random_eq(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_batch(
-    tracks: Sequence[Track], cfg: TrainConfig, lookahead_rows: int, step: int
+    tracks: Sequence[Track], cfg: TrainConfig, lookahead_rows: int, step: int, background: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Batch ``step`` (a pure function of the seed and step; see the module docstring)."""
+    """Batch ``step`` (a pure function of the seed and step; see the module docstring); ``background``:
+    the rows carry the background-level column (``ModelConfig.background``)."""
     rng = np.random.default_rng([cfg.seed, step])
     n_frames = round(cfg.crop_s * FPS)
     n_rows = n_frames * ROWS_PER_FRAME + lookahead_rows
@@ -268,7 +269,7 @@ def make_batch(
             rows = narrow_band(rows, rng)
         if rng.uniform() < cfg.eq_p:
             rows = random_eq(rows, rng)
-        rows = normalize_features(rows)
+        rows = normalize_features(rows, background)
         cat = {
             "mouth": np.concatenate([p.mouth for p in parts]),
             "vis": np.concatenate([p.viseme for p in parts]),
@@ -477,7 +478,7 @@ def train(
     running: dict[str, float] = {}
     for step in range(start, cfg.steps):
         torch.manual_seed(cfg.seed * 1_000_003 + step)
-        batch = make_batch(tracks, cfg, model_cfg.lookahead_rows, step)
+        batch = make_batch(tracks, cfg, model_cfg.lookahead_rows, step, model_cfg.background)
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step)
         loss, parts = loss_fn(net, batch, cfg)
