@@ -48,7 +48,7 @@ TOML layout (every key optional)::
     latency_budget_ms = 80   # frames wait at most this long for their tick
     max_sessions = 4         # hard cap; below it, admission control refuses what the load cannot carry
     max_viewers = 16         # watch-only viewers of running streams (each costs an encode)
-    cpu_fraction = 0.8       # share of this process's cores that sessions may use in all (admission)
+    cpu_fraction = 0.6       # share of this process's cores that sessions may use in all (admission)
     audio_jitter_prefetch = 0  # 0: mic packets to the decoder on arrival; N: aiortc's buffer of N x 20 ms
 
 Environment variables use the key name: ``STREAM_AVATAR_FPS``, ``STREAM_AVATAR_DRIVER``,
@@ -224,7 +224,7 @@ class ServerConfig:
     latency_budget_ms: int = 80
     max_sessions: int = 4
     max_viewers: int = 16
-    cpu_fraction: float = 0.8
+    cpu_fraction: float = 0.6
     audio_jitter_prefetch: int = 0
     # WHIP and WHEP requests must carry ``Authorization: Bearer <token>`` when set (not in repr: the
     # configuration may be logged).

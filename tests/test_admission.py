@@ -20,7 +20,7 @@ class Machine:
         self.cpu += seconds * cores_busy
 
     def admission(self, **kw: object) -> Admission:
-        settings = AdmissionSettings(**{"cores": 2, "max_sessions": 8, **kw})  # type: ignore[arg-type]
+        settings = AdmissionSettings(**{"cores": 2, "max_sessions": 8, "cpu_fraction": 0.8, **kw})  # type: ignore[arg-type]
         return Admission(settings, lambda: self.loads, cpu_time=lambda: self.cpu, clock=lambda: self.t)
 
 

@@ -85,7 +85,10 @@ class AdmissionSettings:
     max_loop_lag_s: health bounds of the running sessions. cores: None = ``available_cores()``."""
 
     max_sessions: int = 4
-    cpu_fraction: float = 0.8
+    # 0.6: on 2 cores two 512² sessions (with their clients) kept 1.25-1.31 cores busy and ran 1.0-2.2 %
+    # late frames, one at 0.81 cores ran 0.68 % (benchmarks/bench_e2e.py --sessions 4): bursts of render
+    # and encode need the headroom.
+    cpu_fraction: float = 0.6
     max_viewers: int = 16
     prior_cores: float | None = None
     max_late_ratio: float = 0.01

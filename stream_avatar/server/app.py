@@ -69,7 +69,7 @@ class ServerSettings:
     port: int = 8080
     max_sessions: int = 4
     max_viewers: int = 16
-    cpu_fraction: float = 0.8
+    cpu_fraction: float = 0.6
     prior_session_cores: float | None = None
     measured_admission: bool = True
     allow_unconsented_avatars: bool = False
