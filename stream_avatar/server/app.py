@@ -592,34 +592,15 @@ class AvatarServer:
         sdp = await self._offer(request)
         if self._stopping:
             return _error(HTTPStatus.SERVICE_UNAVAILABLE, "busy", "the server is shutting down")
-        broadcast = self.find_stream(name)
-        if broadcast is None or broadcast.ended:
-            raise _http_error(
-                web.HTTPNotFound, "unknown_stream", f"no stream {name} is running on this server"
-            )
+        broadcast = self._watchable(name)
         try:
             self.admission.check_viewer(self._viewers())
         except Refusal as exc:
             return self._busy(exc)
         viewer = WhepViewer(name, broadcast)
-        self.whep_viewers[viewer.id] = viewer  # counted by admission from here on
-        remote = _remote(request)
-        started = time.monotonic()
-        announced = False
-
-        def closed(v: WhepViewer) -> None:
-            self.whep_viewers.pop(v.id, None)
-            if announced:
-                self._audit(
-                    "session_end",
-                    session=v.id,
-                    kind="whep",
-                    watched=v.stream_id,
-                    remote=remote,
-                    duration_s=round(time.monotonic() - started, 3),
-                )
-
-        viewer.on_closed = closed
+        announce = self._register_output(
+            self.whep_viewers, viewer, "whep", watched=name, remote=_remote(request)
+        )
         try:
             answer = await viewer.negotiate(sdp)
         except whip.OfferError as exc:
@@ -628,9 +609,42 @@ class AvatarServer:
         except BaseException:
             await viewer.close()
             raise
-        announced = True
-        self._audit("session_start", session=viewer.id, kind="whep", watched=name, remote=remote)
+        announce()
         return _created(f"/whep/{name}/{viewer.id}", answer)
+
+    def _watchable(self, name: str) -> Broadcast:
+        """The outputs of the running stream ``name``, for a new output of it; 404 when none runs."""
+        broadcast = self.find_stream(name)
+        if broadcast is None or broadcast.ended:
+            raise _http_error(
+                web.HTTPNotFound, "unknown_stream", f"no stream {name} is running on this server"
+            )
+        return broadcast
+
+    def _register_output(
+        self, registry: dict[str, Any], endpoint: Any, kind: str, **fields: Any
+    ) -> Callable[[], None]:
+        """Register an output of a stream (a WHEP player, a Janus publisher) under its id: admission
+        counts it from here on, and it leaves the registry when it closes. The returned call writes
+        its ``session_start`` to the audit log once it is up; its ``session_end`` (with ``fields``
+        and the duration) follows only then."""
+        registry[endpoint.id] = endpoint
+        started = time.monotonic()
+        announced = False
+
+        def closed(e: Any) -> None:
+            registry.pop(e.id, None)
+            if announced:
+                duration_s = round(time.monotonic() - started, 3)
+                self._audit("session_end", session=e.id, kind=kind, **fields, duration_s=duration_s)
+
+        def announce() -> None:
+            nonlocal announced
+            announced = True
+            self._audit("session_start", session=endpoint.id, kind=kind, **fields)
+
+        endpoint.on_closed = closed
+        return announce
 
     def _resource(self, request: web.Request) -> WhipStream | WhepViewer:
         """The WHIP stream or WHEP viewer a PATCH / DELETE names; 404 for any other URL."""
@@ -701,11 +715,7 @@ class AvatarServer:
                 ) from None
         if self._stopping:
             return _error(HTTPStatus.SERVICE_UNAVAILABLE, "busy", "the server is shutting down")
-        broadcast = self.find_stream(name)
-        if broadcast is None or broadcast.ended:
-            raise _http_error(
-                web.HTTPNotFound, "unknown_stream", f"no stream {name} is running on this server"
-            )
+        broadcast = self._watchable(name)
         for other in self.janus_publishers.values():
             if other.stream_id == name and other.settings.room == settings.room and not other.closed:
                 raise _http_error(
@@ -718,37 +728,19 @@ class AvatarServer:
         except Refusal as exc:
             return self._busy(exc)
         publisher = JanusPublisher(settings, display=name)
-        self.janus_publishers[publisher.id] = publisher  # counted by admission from here on
-        remote = _remote(request)
-        started = time.monotonic()
-        announced = False
-
-        def closed(p: JanusPublisher) -> None:
-            self.janus_publishers.pop(p.id, None)
-            if announced:
-                self._audit(
-                    "session_end",
-                    session=p.id,
-                    kind="janus",
-                    watched=p.stream_id,
-                    room=p.settings.room,
-                    duration_s=round(time.monotonic() - started, 3),
-                )
-
-        publisher.on_closed = closed
+        announce = self._register_output(
+            self.janus_publishers,
+            publisher,
+            "janus",
+            watched=name,
+            room=settings.room,
+            remote=_remote(request),
+        )
         try:
             feed = await publisher.publish(broadcast)
         except JanusError as exc:  # the publisher has closed itself
             raise _http_error(web.HTTPBadGateway, "janus_error", str(exc)) from None
-        announced = True
-        self._audit(
-            "session_start",
-            session=publisher.id,
-            kind="janus",
-            watched=name,
-            room=settings.room,
-            remote=remote,
-        )
+        announce()
         body = {"type": "janus", "stream": name, "room": settings.room, "feed": feed}
         return web.json_response(
             body, status=HTTPStatus.CREATED, headers={"Location": f"/janus/{name}/{publisher.id}"}

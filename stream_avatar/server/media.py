@@ -261,6 +261,11 @@ class MicLatency:
         return latency
 
 
+def playout_depth(latency_budget_ms: float, fps: int) -> int:
+    """The latency budget in frames (``Playout``'s ``depth``): frames that may wait for their tick."""
+    return max(1, round(latency_budget_ms * fps / 1000))
+
+
 class Playout:
     """The session media clock: engine output -> video + audio tracks (+ a per-frame callback).
 

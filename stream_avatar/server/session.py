@@ -36,6 +36,7 @@ from stream_avatar.server.media import (
     MicLatency,
     Playout,
     mic_frame_to_mono,
+    playout_depth,
     set_audio_jitter_buffer,
 )
 from stream_avatar.server.stream import Broadcast, Viewer, rig_message
@@ -210,7 +211,7 @@ class Session(Endpoint):
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)  # aiortc gathers all candidates here (non-trickle)
         engine.start()
-        depth = max(1, round(self.settings.latency_budget_ms * self.settings.fps / 1000))
+        depth = playout_depth(self.settings.latency_budget_ms, self.settings.fps)
         self.playout = Playout(
             engine,
             self.broadcast.video,

@@ -44,7 +44,7 @@ from stream_avatar.motion import rig as rig_mod
 from stream_avatar.server import protocol
 from stream_avatar.server.admission import SessionLoad
 from stream_avatar.server.endpoint import Endpoint, Send
-from stream_avatar.server.media import MIC_GAP_S, FanOut, Playout, QueueTrack
+from stream_avatar.server.media import MIC_GAP_S, FanOut, Playout, QueueTrack, playout_depth
 from stream_avatar.session.engine import SAMPLE_RATE_HZ, AvatarEngine, OutputItem
 
 logger = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ class PcmStream(Endpoint):
         self.engine = engine
         engine.set_emotion(self._emotion)
         engine.start()
-        depth = max(1, round(self.latency_budget_ms * self.fps / 1000))
+        depth = playout_depth(self.latency_budget_ms, self.fps)
         self.playout = Playout(
             engine,
             self.broadcast.video,

@@ -37,7 +37,13 @@ from stream_avatar.emotion import facs as emotion_mod
 from stream_avatar.server import protocol
 from stream_avatar.server.admission import SessionLoad
 from stream_avatar.server.endpoint import Endpoint
-from stream_avatar.server.media import MIC_GAP_S, Playout, mic_frame_to_mono, set_audio_jitter_buffer
+from stream_avatar.server.media import (
+    MIC_GAP_S,
+    Playout,
+    mic_frame_to_mono,
+    playout_depth,
+    set_audio_jitter_buffer,
+)
 from stream_avatar.server.session import EngineFactory, SessionSettings
 from stream_avatar.server.stream import Broadcast, Viewer, rig_message
 from stream_avatar.session.engine import SAMPLE_RATE_HZ, AvatarEngine, OutputItem
@@ -224,7 +230,7 @@ class WhipStream(Endpoint):
         await pc.setLocalDescription(answer)  # aiortc gathers all candidates here
         engine.set_emotion(emotion_mod.parse(self.settings.emotion))
         engine.start()
-        depth = max(1, round(self.settings.latency_budget_ms * self.settings.fps / 1000))
+        depth = playout_depth(self.settings.latency_budget_ms, self.settings.fps)
         self.playout = Playout(
             engine,
             self.broadcast.video,
