@@ -266,6 +266,19 @@ def build_parser() -> argparse.ArgumentParser:
     tm.add_argument(
         "--lookahead-ms", type=int, default=None, help="audio heard past each frame, 0-40 ms (default 40)"
     )
+    tm.add_argument(
+        "--peak-decay-db",
+        type=float,
+        default=None,
+        metavar="DB_PER_S",
+        help="level normaliser's peak decay, dB/s (default 4)",
+    )
+    tm.add_argument(
+        "--peak-attack",
+        type=float,
+        default=None,
+        help="level normaliser's peak attack, share of the gap closed per 10 ms row (default 0.3)",
+    )
     tm.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out and start over")
     tm.add_argument("--eval-every", type=int, default=None, help="validate every N steps (default 500)")
     tm.add_argument(
@@ -742,6 +755,10 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
         if args.lookahead_ms % 10:
             raise UserError("--lookahead-ms must be a multiple of 10 (feature rows are 10 ms)")
         mkw["lookahead_rows"] = args.lookahead_ms // 10
+    if args.peak_decay_db is not None:
+        mkw["peak_decay_db_per_s"] = args.peak_decay_db
+    if args.peak_attack is not None:
+        mkw["peak_attack"] = args.peak_attack
     evaluate = _motion_validator(data)
     with _step_bar(tcfg.steps, args.no_progress) as progress:
         train(

@@ -139,6 +139,42 @@ def test_configs_saved_before_the_background_column_load_without_it() -> None:
         ModelConfig.from_json({**ModelConfig().to_json(), "n_input": 81})
 
 
+def test_configs_saved_before_the_peak_tracker_settings_load_with_the_old_rates() -> None:
+    new_keys = ("peak_decay_db_per_s", "peak_attack")
+    old = {k: v for k, v in ModelConfig().to_json().items() if k not in new_keys}
+    cfg = ModelConfig.from_json(old)
+    assert cfg.peak_decay_db_per_s == LevelNormalizer.DECAY_DB_PER_S == 4.0
+    assert cfg.peak_attack == LevelNormalizer.ATTACK == 0.3
+    cfg = ModelConfig(peak_decay_db_per_s=8.0, peak_attack=0.25)
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ValueError, match="peak_decay"):
+        ModelConfig(peak_decay_db_per_s=0.0)
+    with pytest.raises(ValueError, match="peak_attack"):
+        ModelConfig(peak_attack=1.5)
+
+
+def test_peak_tracker_runs_at_the_configured_rates() -> None:
+    """After a loud row, 1 s of rows 30 dB lower: the peak falls by the decay rate times 1 s; one row
+    louder than the peak closes the attack's share of the gap."""
+    to_db = 10.0 / np.log(10.0)
+    rows = np.zeros((101, LevelNormalizer().n_out), np.float32)
+    rows[1:] -= 30.0 / to_db
+    for rate in (4.0, 8.0):
+        norm = LevelNormalizer(decay_db_per_s=rate)
+        norm.push(rows)
+        assert abs(-norm.peak * to_db - rate) < 1e-6
+    for attack in (0.3, 0.25):
+        norm = LevelNormalizer(attack=attack)
+        norm.push(rows[:1])
+        norm.push(rows[:1] + 1.0)
+        assert abs(norm.peak - attack) < 1e-6
+    default = LevelNormalizer(background=True)
+    assert (default.decay_db_per_s, default.attack) == (4.0, 0.3)
+    # The driver normalises with the rates in its model's config.
+    driver = LearnedMouthDriver(model=_random_model(peak_decay_db_per_s=8.0, peak_attack=0.25))
+    assert (driver._norm.decay_db_per_s, driver._norm.attack) == (8.0, 0.25)
+
+
 def test_clear_forgets_audio_but_keeps_the_level_and_reset_forgets_all() -> None:
     model = _random_model()
     audio = _speechlike(2.0)

@@ -69,6 +69,11 @@ class ModelConfig:
     the project's bound is 4 = 40 ms). emotion_dim: size of the emotion vector input.
     background: one more input column, the tracked background level (``learned.LevelNormalizer``);
     configs saved before it existed load as False.
+    peak_decay_db_per_s, peak_attack: how fast the level normaliser's peak tracker falls (dB/s) and
+    rises (share of the gap closed per 10 ms row; ``learned.LevelNormalizer``). Inference settings as
+    much as training ones: a model may run with other values than it was trained with (the shipped
+    one is, see ``models/MODEL_CARD.md``). Configs saved before they existed load as 4.0 and 0.3, the
+    values they were trained and run with.
     """
 
     channels: int = 128
@@ -77,11 +82,17 @@ class ModelConfig:
     lookahead_rows: int = 4
     emotion_dim: int = 8
     background: bool = True
+    peak_decay_db_per_s: float = 4.0
+    peak_attack: float = 0.3
     outputs: tuple[tuple[str, int], ...] = field(default=OUTPUT_LAYOUT)
 
     def __post_init__(self) -> None:
         if self.channels < 8 or self.kernel < 2 or not self.dilations or min(self.dilations) < 1:
             raise ValueError(f"bad model shape: {self}")
+        if not 0.0 < self.peak_decay_db_per_s <= 100.0:
+            raise ValueError(f"peak_decay_db_per_s must lie in (0, 100], got {self.peak_decay_db_per_s}")
+        if not 0.0 < self.peak_attack <= 1.0:
+            raise ValueError(f"peak_attack must lie in (0, 1], got {self.peak_attack}")
         if not 0 <= self.lookahead_rows <= 4:
             raise ValueError(f"lookahead_rows must lie in 0..4 (0-40 ms), got {self.lookahead_rows}")
         if tuple(tuple(o) for o in self.outputs) != OUTPUT_LAYOUT:
@@ -108,6 +119,10 @@ class ModelConfig:
         d = dict(d)
         if "background" not in d:  # saved before the background column existed
             d["background"] = False
+        if "peak_decay_db_per_s" not in d:  # saved before the peak tracker's rates were settings
+            d["peak_decay_db_per_s"] = 4.0
+        if "peak_attack" not in d:
+            d["peak_attack"] = 0.3
         n_input = d.pop("n_input", None)
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(d) - known)

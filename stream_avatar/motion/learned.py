@@ -3,7 +3,8 @@
 Three layers (STYLE §10):
 
 - ``LevelNormalizer``: causal loudness normalisation of the feature rows. A peak tracker follows the
-  level of loud speech (attack within ~30 ms, decay ``DECAY_DB_PER_S``) and every row is expressed
+  level of loud speech (attack within ~30 ms, decay ``DECAY_DB_PER_S``; a model's config may set
+  other rates, ``ModelConfig.peak_attack`` / ``peak_decay_db_per_s``) and every row is expressed
   relative to it. A gain on the input shifts every log-mel value and the tracked peak by the same
   amount, so the model never sees the absolute level (a quiet mic and a loud TTS give the same
   motion). The recursion runs row by row in float64 Python arithmetic, so chunking cannot change it.
@@ -87,9 +88,14 @@ class LevelNormalizer:
     # the level between words, and falls as fast as the peak tracker rises.
     BACKGROUND_RISE_DB_PER_S = 3.0
 
-    def __init__(self, background: bool = False) -> None:
+    def __init__(
+        self, background: bool = False, decay_db_per_s: float | None = None, attack: float | None = None
+    ) -> None:
         self.background = background
-        self._decay = self.DECAY_DB_PER_S * HOP / SAMPLE_RATE_HZ * math.log(10.0) / 10.0
+        self.decay_db_per_s = self.DECAY_DB_PER_S if decay_db_per_s is None else float(decay_db_per_s)
+        # The peak's attack; the background tracker keeps ATTACK for its fall.
+        self.attack = self.ATTACK if attack is None else float(attack)
+        self._decay = self.decay_db_per_s * HOP / SAMPLE_RATE_HZ * math.log(10.0) / 10.0
         self._rise = self.BACKGROUND_RISE_DB_PER_S * HOP / SAMPLE_RATE_HZ * math.log(10.0) / 10.0
         self.reset()
 
@@ -113,7 +119,7 @@ class LevelNormalizer:
             if p is None:
                 p = e
             elif e > p:
-                p = p + self.ATTACK * (e - p)
+                p = p + self.attack * (e - p)
             else:
                 p = max(e, p - self._decay)
             if f is None:
@@ -133,9 +139,14 @@ class LevelNormalizer:
         return out.astype(np.float32)
 
 
-def normalize_features(rows: np.ndarray, background: bool = False) -> np.ndarray:
+def normalize_features(
+    rows: np.ndarray,
+    background: bool = False,
+    decay_db_per_s: float | None = None,
+    attack: float | None = None,
+) -> np.ndarray:
     """Offline: a whole clip's feature rows, normalised as a fresh stream would normalise them."""
-    return LevelNormalizer(background).push(rows)
+    return LevelNormalizer(background, decay_db_per_s, attack).push(rows)
 
 
 def frame_rows(n_frames: int, rows_per_frame: int, lookahead_rows: int) -> np.ndarray:
@@ -380,7 +391,8 @@ class LearnedMouthDriver:
         self.rows_per_frame = SAMPLE_RATE_HZ // fps // HOP
         self.lookahead_rows = self.model.config.lookahead_rows
         self._features = FeatureStream()
-        self._norm = LevelNormalizer(self.model.config.background)
+        cfg = self.model.config
+        self._norm = LevelNormalizer(cfg.background, cfg.peak_decay_db_per_s, cfg.peak_attack)
         self._emotion = self.model.neutral_emotion()
         self.last_visemes = np.zeros((0, len(VISEMES)), np.float32)
         self.reset()

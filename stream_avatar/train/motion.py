@@ -244,10 +244,17 @@ def random_eq(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_batch(
-    tracks: Sequence[Track], cfg: TrainConfig, lookahead_rows: int, step: int, background: bool = False
+    tracks: Sequence[Track],
+    cfg: TrainConfig,
+    lookahead_rows: int,
+    step: int,
+    background: bool = False,
+    decay_db_per_s: float | None = None,
+    peak_attack: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """Batch ``step`` (a pure function of the seed and step; see the module docstring); ``background``:
-    the rows carry the background-level column (``ModelConfig.background``)."""
+    the rows carry the background-level column (``ModelConfig.background``); ``decay_db_per_s``,
+    ``peak_attack``: the peak tracker's rates (``ModelConfig``; None: the normaliser's defaults)."""
     rng = np.random.default_rng([cfg.seed, step])
     n_frames = round(cfg.crop_s * FPS)
     n_rows = n_frames * ROWS_PER_FRAME + lookahead_rows
@@ -269,7 +276,7 @@ def make_batch(
             rows = narrow_band(rows, rng)
         if rng.uniform() < cfg.eq_p:
             rows = random_eq(rows, rng)
-        rows = normalize_features(rows, background)
+        rows = normalize_features(rows, background, decay_db_per_s, peak_attack)
         cat = {
             "mouth": np.concatenate([p.mouth for p in parts]),
             "vis": np.concatenate([p.viseme for p in parts]),
@@ -478,7 +485,15 @@ def train(
     running: dict[str, float] = {}
     for step in range(start, cfg.steps):
         torch.manual_seed(cfg.seed * 1_000_003 + step)
-        batch = make_batch(tracks, cfg, model_cfg.lookahead_rows, step, model_cfg.background)
+        batch = make_batch(
+            tracks,
+            cfg,
+            model_cfg.lookahead_rows,
+            step,
+            model_cfg.background,
+            model_cfg.peak_decay_db_per_s,
+            model_cfg.peak_attack,
+        )
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step)
         loss, parts = loss_fn(net, batch, cfg)
