@@ -7,7 +7,7 @@ positive = the prediction comes late). Drivers run causally in 20 ms chunks, as 
 
 Splits: the synthetic dataset's held-out speakers and held-out language (and each synthesizer in
 them), and the real-speech set (``stream_avatar.data.realspeech``: recorded human speech with
-forced-aligned phones) clean, with babble (other real clips) and white noise at 10 dB SNR, and through
+forced-aligned phones) clean, with babble (other real clips) and white noise at 10 dB SNR (four draws each), and through
 an 8 kHz telephone channel (300-3400 Hz). Systems in the same run: the learned driver, the DSP
 driver, a 40 ms energy envelope, and on the real set an offline pocketsphinx allphone recognizer
 (phones → visemes, whole utterance in view) — the bar a causal model is measured against.
@@ -122,8 +122,11 @@ def synthetic_clips(data_dir: str | Path, splits: Sequence[str], per_group: int)
     return out
 
 
-def real_clips(seed: int = 0) -> list[EvalClip]:
-    """The real-speech set clean, + babble 10 dB, + white noise 10 dB, + 8 kHz telephone band."""
+def real_clips(seed: int = 0, draws: int = 4) -> list[EvalClip]:
+    """The real-speech set clean, + babble 10 dB, + white noise 10 dB, + 8 kHz telephone band.
+
+    Babble and noise come in ``draws`` independent mixes per clip (other clips' speech, placed at
+    random; fresh noise), all in their group: one draw alone swings the group's r by ±0.02."""
     from stream_avatar.audio.resample import resample
     from stream_avatar.data import augment, realspeech
 
@@ -132,17 +135,23 @@ def real_clips(seed: int = 0) -> list[EvalClip]:
     for i, c in enumerate(clips):
         audio = np.asarray(c.audio16k, np.float32)
         target = _target(c.phonemes, n_frames(audio.size))
-        rng = np.random.default_rng([seed, i])
         others = [np.asarray(o.audio16k, np.float32) for j, o in enumerate(clips) if j != i]
-        variants = {
-            "real": audio,
-            "real+babble10dB": augment.add_noise(audio, rng, 10.0, "babble", babble_sources=others),
-            "real+noise10dB": augment.add_noise(audio, rng, 10.0, "white"),
-            "real+telephone8k": resample(
-                resample(augment.band_limit(audio, 300.0, 3400.0), SAMPLE_RATE_HZ, 8000), 8000, SAMPLE_RATE_HZ
-            ),
-        }
-        for group, a in variants.items():
+        variants: list[tuple[str, np.ndarray]] = [("real", audio)]
+        for d in range(draws):
+            rng = np.random.default_rng([seed, i, d])
+            variants.append(
+                ("real+babble10dB", augment.add_noise(audio, rng, 10.0, "babble", babble_sources=others))
+            )
+            variants.append(("real+noise10dB", augment.add_noise(audio, rng, 10.0, "white")))
+        variants.append(
+            (
+                "real+telephone8k",
+                resample(
+                    resample(augment.band_limit(audio, 300.0, 3400.0), SAMPLE_RATE_HZ, 8000), 8000, SAMPLE_RATE_HZ
+                ),
+            )
+        )
+        for group, a in variants:
             a = np.clip(np.asarray(a, np.float32), -1.0, 1.0)
             if a.size < audio.size:
                 a = np.concatenate([a, np.zeros(audio.size - a.size, np.float32)])
