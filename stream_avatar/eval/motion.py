@@ -7,10 +7,11 @@ positive = the prediction comes late). Drivers run causally in 20 ms chunks, as 
 
 Splits: the synthetic dataset's held-out speakers and held-out language (and each synthesizer in
 them), and the real-speech set (``stream_avatar.data.realspeech``: recorded human speech with
-forced-aligned phones) clean, with babble (other real clips) and white noise at 10 dB SNR (four draws each), and through
-an 8 kHz telephone channel (300-3400 Hz). Systems in the same run: the learned driver, the DSP
-driver, a 40 ms energy envelope, and on the real set an offline pocketsphinx allphone recognizer
-(phones → visemes, whole utterance in view) — the bar a causal model is measured against.
+forced-aligned phones) clean, with babble (other real clips) and white noise at 10 dB SNR (four
+draws each), and through an 8 kHz telephone channel (300-3400 Hz). Systems in the same run: the
+learned driver, the DSP driver, a 40 ms energy envelope, and on the real set an offline pocketsphinx
+allphone recognizer (phones → visemes, whole utterance in view) — the bar a causal model is measured
+against.
 """
 
 from __future__ import annotations
@@ -143,14 +144,8 @@ def real_clips(seed: int = 0, draws: int = 4) -> list[EvalClip]:
                 ("real+babble10dB", augment.add_noise(audio, rng, 10.0, "babble", babble_sources=others))
             )
             variants.append(("real+noise10dB", augment.add_noise(audio, rng, 10.0, "white")))
-        variants.append(
-            (
-                "real+telephone8k",
-                resample(
-                    resample(augment.band_limit(audio, 300.0, 3400.0), SAMPLE_RATE_HZ, 8000), 8000, SAMPLE_RATE_HZ
-                ),
-            )
-        )
+        narrow = resample(augment.band_limit(audio, 300.0, 3400.0), SAMPLE_RATE_HZ, 8000)
+        variants.append(("real+telephone8k", resample(narrow, 8000, SAMPLE_RATE_HZ)))
         for group, a in variants:
             a = np.clip(np.asarray(a, np.float32), -1.0, 1.0)
             if a.size < audio.size:
