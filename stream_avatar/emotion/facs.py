@@ -64,14 +64,19 @@ AU_RIG: dict[str, dict[str, float]] = {
     "26": {"jawOpen": 0.35},  # jaw drop
 }
 
-# Emotion → action-unit intensities at emotion intensity 1.
+# Emotion → action-unit intensities at emotion intensity 1. A prototype's AU must be strong enough
+# to show on a 256 px face (a lid moves ~1 px per 0.5 of AU5 or AU7 there): fear's lower lid is
+# "tensed and drawn up" (AU7 0.5, not a trace) while its eyes still open wider (AU5 1.0, twice the
+# lower lid's travel), anger glares (AU5 0.8 against AU4's lowered brow)
+# with tensed lids (AU7 1.0, more than AU5, so the eyes still narrow), and disgust's lip corners go
+# down (AU15 1.0) against the lift that AU9/AU10 give them.
 EMOTION_AUS: dict[str, dict[str, float]] = {
     "neutral": {},
     "happy": {"6": 0.8, "12": 1.0, "25": 0.5},
     "sad": {"1": 0.9, "4": 0.35, "15": 0.8, "17": 0.4},
-    "angry": {"4": 1.0, "5": 0.3, "7": 0.7, "23": 0.8},
-    "fear": {"1": 0.8, "2": 0.6, "4": 0.35, "5": 0.9, "7": 0.2, "20": 0.7, "26": 0.3},
-    "disgusted": {"9": 0.9, "10": 0.6, "15": 0.5, "4": 0.3, "7": 0.3},
+    "angry": {"4": 1.0, "5": 0.8, "7": 1.0, "23": 1.0},
+    "fear": {"1": 0.8, "2": 0.8, "4": 0.35, "5": 1.0, "7": 0.5, "20": 0.7, "26": 0.5},
+    "disgusted": {"9": 0.9, "10": 0.6, "15": 1.0, "4": 0.3, "7": 0.3},
     "surprised": {"1": 0.9, "2": 0.9, "5": 0.9, "26": 0.7},
     "contempt": {"12R": 0.6, "14R": 0.8},
 }

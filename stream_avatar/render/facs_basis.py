@@ -147,6 +147,12 @@ def _gauss(pts_face: np.ndarray, centre: np.ndarray, sigma: float) -> np.ndarray
     return np.exp(-d2 / (2.0 * sigma * sigma))
 
 
+def _gauss2(pts_face: np.ndarray, centre: np.ndarray, sigma_uv: tuple[float, float]) -> np.ndarray:
+    """An axis-aligned anisotropic Gaussian: sigma along the eyes (u) and down the face (v)."""
+    d = (pts_face - centre) / np.asarray(sigma_uv)
+    return np.exp(-0.5 * (d**2).sum(axis=1))
+
+
 def _smoothstep(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     t = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
@@ -156,6 +162,119 @@ def _interp_curve(xs: np.ndarray, curve: np.ndarray) -> np.ndarray:
     """y of a polyline (M, 2) sorted by x, evaluated at xs (clamped at the ends)."""
     order = np.argsort(curve[:, 0])
     return np.interp(xs, curve[order, 0], curve[order, 1])
+
+
+# Eyelid motion (AU5 upper lid raiser, AU7 lid tightener). The lid margins lie a pixel or two from
+# the iris and the skin points around them, well under one cell of the renderer's flow grid
+# (``precompute.GRID_STEP_PX``) at avatar sizes: a field that moves the margin points alone is averaged
+# away before it reaches the pixels, and one that pins the occluded iris top under a moving lid folds.
+# So a lid moves as a smooth field: the eye opening stretches (or compresses) toward the moving lid,
+# and the skin on the far side of that lid follows with a falloff.
+EYE_WIDE_LIFT = 0.45  # AU5: upper-lid margin lift at the eye's widest point, × its largest opening
+EYE_WIDE_FALLOFF = 0.09  # face units above the upper lid over which the lid's skin follows (σ)
+EYE_SQUINT_RAISE = 0.40  # AU7: lower-lid margin raise at the widest point, × the largest opening
+EYE_SQUINT_LOWER = 0.05  # AU7: the upper lid comes down a little, × the local opening
+EYE_SQUINT_FALLOFF = 0.20  # face units below the lower lid over which the skin follows (σ): about
+# the lower lid's height down to the lid-cheek junction, so the lid's skin rises as one piece
+EYE_OPENING_POWER = 1.5  # how the movement fades across the opening toward the other lid
+TYPICAL_EYE_OPENING = 0.15  # face units (~10 mm of a 63 mm IOD): lid travel scales with the mean of
+# this and the photo's own opening
+
+
+@dataclass(frozen=True)
+class _Lids:
+    """One eye's lid contours in face units, each (M, 2) from one canthus to the other."""
+
+    upper: np.ndarray
+    lower: np.ndarray
+    brow: np.ndarray  # the brow's lower edge above the eye
+
+    def opening(self, u: np.ndarray) -> np.ndarray:
+        """Lid-to-lid distance at u (zero at and beyond the canthi)."""
+        return np.clip(_interp_curve(u, self.lower) - _interp_curve(u, self.upper), 0.0, None)
+
+    def largest_opening(self) -> float:
+        return float(self.opening(np.linspace(self.upper[:, 0].min(), self.upper[:, 0].max(), 64)).max())
+
+    def raise_upper(self, pts: np.ndarray) -> np.ndarray:
+        """(P, 2) face-unit points → (P,) how far each moves up, per unit of upper-lid margin lift.
+
+        1 on the upper lid; between the lids it falls as the square of the distance toward the lower
+        lid (which stays); above the lid the skin follows over ``EYE_WIDE_FALLOFF``.
+        """
+        u, v = pts[:, 0], pts[:, 1]
+        v_up = _interp_curve(u, self.upper)
+        gap = np.maximum(self.opening(u), 1e-6)
+        inside = np.clip((v_up + gap - v) / gap, 0.0, 1.0) ** EYE_OPENING_POWER
+        d = np.clip(v_up - v, 0.0, None)
+        # the brow does not take part in AU5: the lid's skin follows up to the brow's lower edge
+        reach = np.maximum(v_up - _interp_curve(u, self.brow), 0.05)
+        above = np.exp(-0.5 * (d / EYE_WIDE_FALLOFF) ** 2) * np.clip(1.0 - (d / reach) ** 2, 0.0, 1.0)
+        return np.where(v < v_up, above, inside)
+
+    def raise_lower(self, pts: np.ndarray) -> np.ndarray:
+        """(P, 2) → (P,) upward movement per unit of lower-lid margin raise: 1 on the lower lid, falling
+        as the square of the distance toward the upper lid, the skin below following over
+        ``EYE_SQUINT_FALLOFF``."""
+        u, v = pts[:, 0], pts[:, 1]
+        v_lo = _interp_curve(u, self.lower)
+        gap = np.maximum(self.opening(u), 1e-6)
+        inside = np.clip((v - (v_lo - gap)) / gap, 0.0, 1.0) ** EYE_OPENING_POWER
+        below = np.exp(-0.5 * (np.clip(v - v_lo, 0.0, None) / EYE_SQUINT_FALLOFF) ** 2)
+        return np.where(v > v_lo, below, inside)
+
+    def lid_fields(self, pts: np.ndarray) -> dict[str, np.ndarray]:
+        """(P, 2) face-unit points → vertical displacement (P,) in face units (+ down) of this eye's
+        ``wide`` (AU5) and ``squint`` (AU7) at value 1; zero beyond the canthi."""
+        gap = self.opening(pts[:, 0])
+        # a lid's travel is a few millimetres whatever the photo's opening: an eye narrowed by a smile
+        # in the photo still widens and tightens visibly
+        reach = 0.5 * (self.largest_opening() + TYPICAL_EYE_OPENING)
+        profile = _lid_profile(self, pts)
+        wide = -EYE_WIDE_LIFT * reach * profile * self.raise_upper(pts)
+        squint = -EYE_SQUINT_RAISE * reach * profile * self.raise_lower(pts)
+        squint += EYE_SQUINT_LOWER * gap * self.raise_upper(pts)
+        return {"wide": wide, "squint": squint}
+
+
+SNEER_WING_LIFT = 0.12  # AU9: nose-wing lift, face units
+SNEER_WING_RISE = -0.08  # face units along v: the lifted skin is centred above the wing, along the nose
+SNEER_LIP_LIFT = 0.10  # AU9/10: upper-lip lift beside the philtrum, face units (both sides add up)
+BROW_DOWN_LOWER = 0.09  # AU4: brow lowering, face units (Gaussian over the brow)
+BROW_DOWN_INNER = 0.03  # AU4: extra lowering of the inner end
+BROW_DOWN_DRAW = 0.16  # AU4: the inner ends' pull toward the midline, face units
+BROW_DOWN_DRAW_SIGMA = 0.20  # face units: reach of that pull around each inner end
+# face units above the eye line over which AU4's lowering sets in: the brow pushes the fold between
+# brow and lid down with it (at 0.05 the lid margin, ~0.07 above the line, gets a few % of it)
+BROW_DOWN_REACH = (0.05, 0.25)
+CHEEK_LID_PUSH = 0.04  # AU6: lower-lid raise from the lifted cheek, face units
+
+
+def _lid_profile(lids: _Lids, pts: np.ndarray) -> np.ndarray:
+    """(P,) 1 mid-eye falling to 0 at the canthi: how much of a lid's movement a point at that u gets."""
+    gmax = lids.largest_opening()
+    return np.sqrt(np.clip(lids.opening(pts[:, 0]) / max(gmax, 1e-6), 0.0, 1.0))
+
+
+def _cheek_squint(p: np.ndarray, pts: np.ndarray, side: str, lids: _Lids) -> np.ndarray:
+    """AU6 on one side at value 1: (P,) vertical displacement (face units, + down) of face-unit points
+    ``pts``, given the mesh ``p`` (468, 2). The cheek under the eye lifts and pushes the lower lid up."""
+    eye_lo, corner = (EYE_IMG_RIGHT_LOWER, 291) if side == "Left" else (EYE_IMG_LEFT_LOWER, 61)
+    eye_c = p[list(eye_lo)].mean(axis=0)
+    cheek_c = eye_c + 0.45 * (p[corner] - eye_c)
+    lid_push = CHEEK_LID_PUSH * lids.raise_lower(pts) * _lid_profile(lids, pts)
+    return -0.07 * _gauss(pts, cheek_c, 0.28) - lid_push
+
+
+def _eye_lids(p: np.ndarray) -> dict[str, _Lids]:
+    """ARKit side ("Right" = the subject's right = the image-left eye) → its lids, from face-unit mesh
+    points (468, 2)."""
+    return {
+        "Right": _Lids(p[list(EYE_IMG_LEFT_UPPER)], p[list(EYE_IMG_LEFT_LOWER)], p[list(BROW_IMG_LEFT[5:])]),
+        "Left": _Lids(
+            p[list(EYE_IMG_RIGHT_UPPER)], p[list(EYE_IMG_RIGHT_LOWER)], p[list(BROW_IMG_RIGHT[5:])]
+        ),
+    }
 
 
 def blendshape_displacements(landmarks: np.ndarray) -> np.ndarray:
@@ -261,7 +380,8 @@ def blendshape_displacements(landmarks: np.ndarray) -> np.ndarray:
         put(name, press)
 
     # --- eyelids: blink (AU45) brings the upper lid down onto the lower lid; wide (AU5) lifts it;
-    # squint (AU7) raises the lower lid.
+    # squint (AU7) raises the lower lid (both as smooth fields, see ``_Lids``).
+    lids = _eye_lids(p)
     eyes = {
         "Right": (EYE_IMG_LEFT_UPPER, EYE_IMG_LEFT_LOWER, EYE_IMG_LEFT_CREASE),
         "Left": (EYE_IMG_RIGHT_UPPER, EYE_IMG_RIGHT_LOWER, EYE_IMG_RIGHT_CREASE),
@@ -275,14 +395,12 @@ def blendshape_displacements(landmarks: np.ndarray) -> np.ndarray:
         blink[lo, 1] = -0.08 * (p[lo, 1] - _interp_curve(p[lo, 0], p[idx(upper)]))
         blink[cr, 1] = 0.45 * float(gap.mean())
         put(f"eyeBlink{side}", blink)
+        lid = lids[side].lid_fields(p)
         wide = np.zeros((n, 2))
-        wide[up, 1] = -0.35 * gap.max() * (0.5 + 0.5 * gap / gap.max())
-        wide[cr, 1] = -0.20 * gap.max()
-        wide[lo, 1] = 0.05 * gap.max()
+        wide[:, 1] = lid["wide"]
         put(f"eyeWide{side}", wide)
         squint = np.zeros((n, 2))
-        squint[lo, 1] = -0.30 * gap.mean()
-        squint[up, 1] = 0.12 * gap
+        squint[:, 1] = lid["squint"]
         put(f"eyeSquint{side}", squint)
         # gaze: the iris moves (``iris_displacements``); the lids follow a vertical gaze a little
         # (looking down lowers the upper lid, looking up lifts it)
@@ -296,6 +414,7 @@ def blendshape_displacements(landmarks: np.ndarray) -> np.ndarray:
 
     # --- brows: inner raise (AU1), lowerer (AU4), outer raise (AU2). The forehead follows partly.
     above_eyes = _smoothstep(-p[:, 1], 0.05, 0.25)  # 1 above the eye line, 0 below
+    above_lids = _smoothstep(-p[:, 1], *BROW_DOWN_REACH)
     brow_l, brow_r = idx(BROW_IMG_LEFT), idx(BROW_IMG_RIGHT)
     inner_l, inner_r = p[[107, 55]].mean(axis=0), p[[336, 285]].mean(axis=0)
     outer_l, outer_r = p[[70, 46]].mean(axis=0), p[[300, 276]].mean(axis=0)
@@ -308,37 +427,34 @@ def blendshape_displacements(landmarks: np.ndarray) -> np.ndarray:
     ):
         centre = p[brow].mean(axis=0)
         down = np.zeros((n, 2))
-        g = _gauss(p, centre, 0.30) * above_eyes
-        gi = _gauss(p, inner, 0.20) * above_eyes
-        down[:, 1] = 0.09 * g + 0.03 * gi
-        down[:, 0] = -sgn * 0.12 * gi  # inner ends draw together
+        g = _gauss(p, centre, 0.30)
+        gi = _gauss(p, inner, BROW_DOWN_DRAW_SIGMA)
+        # the brow and the fold under it come down (a fold left in place reads as a brow that barely
+        # moved); the lid margin is held by its own muscle, so the lowering fades out just above it (a
+        # field reaching the lid would close the eye against AU5)
+        down[:, 1] = (BROW_DOWN_LOWER * g + BROW_DOWN_INNER * gi) * above_lids
+        down[:, 0] = -sgn * BROW_DOWN_DRAW * gi * above_eyes  # inner ends draw together
         put(f"browDown{side}", down)
         out_up = np.zeros((n, 2))
         out_up[:, 1] = -0.12 * _gauss(p, outer, 0.22) * above_eyes
         put(f"browOuterUp{side}", out_up)
 
     # --- cheeks: squint (AU6) lifts the cheek under the eye; puff pushes the cheeks out.
-    for side, eye_lo, corner, sgn in (
-        ("Left", EYE_IMG_RIGHT_LOWER, corner_r, 1.0),
-        ("Right", EYE_IMG_LEFT_LOWER, corner_l, -1.0),
-    ):
-        eye_c = p[idx(eye_lo)].mean(axis=0)
-        cheek_c = eye_c + 0.45 * (corner - eye_c)
+    for side in ("Left", "Right"):
         sq = np.zeros((n, 2))
-        g = _gauss(p, cheek_c, 0.28)
-        sq[:, 1] = -0.07 * g
-        lo = idx(eye_lo[1:-1])
-        sq[lo, 1] += -0.04
+        sq[:, 1] = _cheek_squint(p, p, side, lids[side])
         put(f"cheekSquint{side}", sq)
-        del sgn
     puff = np.zeros((n, 2))
     cheek_l = p[61] + np.array([-0.25, -0.10])
     cheek_r = p[291] + np.array([0.25, -0.10])
     puff[:, 0] = -0.08 * _gauss(p, cheek_l, 0.25) + 0.08 * _gauss(p, cheek_r, 0.25)
     put("cheekPuff", puff)
 
-    # --- nose sneer (AU9, with the upper-lip raise of AU10 that comes with it): the nose wing pulls
-    # up, and the upper lip on that side lifts off the lower one (above the lip seam only).
+    # --- nose sneer (AU9, with the upper-lip raise of AU10 that comes with it): the nose wing and the
+    # skin beside it pull up, and the upper lip on that side lifts off the lower one (above the lip
+    # seam only), its middle most. The nose's base on the midline is tied to the nasal spine and
+    # barely moves, so the lift fades toward the midline (a narrow field across the face) and the
+    # upper lip rises toward the nose: the philtrum shortens, the mark of AU10.
     above_seam = (p[:, 1] < seam_v).astype(np.float64)
     for side, wing, lip_pts in (
         ("Left", NOSE_WING_IMG_RIGHT, (267, 269, 312, 311)),
@@ -346,8 +462,9 @@ def blendshape_displacements(landmarks: np.ndarray) -> np.ndarray:
     ):
         sn = np.zeros((n, 2))
         c = p[idx(wing)].mean(axis=0)
-        sn[:, 1] = -0.10 * _gauss(p, c, 0.20)
-        sn[:, 1] += -0.06 * _gauss(p, p[idx(lip_pts)].mean(axis=0), 0.14) * above_seam
+        lip_c = p[idx(lip_pts)].mean(axis=0)
+        sn[:, 1] = -SNEER_WING_LIFT * _gauss2(p, c + np.array([0.0, SNEER_WING_RISE]), (0.17, 0.28))
+        sn[:, 1] += -SNEER_LIP_LIFT * _gauss2(p, lip_c, (0.18, 0.09)) * above_seam
         put(f"noseSneer{side}", sn)
 
     return out
@@ -363,14 +480,27 @@ IRIS_POINTS = 10  # MediaPipe's refined mesh: 468..472 image-left iris, 473..477
 def iris_displacements(landmarks: np.ndarray) -> np.ndarray:
     """Displacements of the 10 iris points (468..477) for every blendshape at value 1.
 
-    Returns (NUM_BLENDSHAPES, 10, 2) float64 pixels; only the eyeLook* rows are non-zero. Needs the
-    478-point mesh.
+    Returns (NUM_BLENDSHAPES, 10, 2) float64 pixels: the eyeLook* rows move the irises; the lid rows
+    (eyeWide*, eyeSquint*, cheekSquint*) carry them along with the lid fields that reach into the eye
+    opening (other rows keep them still). Needs the 478-point mesh.
     """
     lm = np.asarray(landmarks, dtype=np.float64)
     if lm.shape[0] < MESH_POINTS + IRIS_POINTS:
         raise ValueError(f"iris displacements need the 478-point mesh, got {lm.shape[0]} points")
     fr = face_frame(lm)
     out = np.zeros((rig.NUM_BLENDSHAPES, IRIS_POINTS, 2))
+    # the lids' fields reach into the opening (``_Lids``): an iris point there moves with them
+    p = fr.to_face(lm[:MESH_POINTS])
+    iris = fr.to_face(lm[MESH_POINTS : MESH_POINTS + IRIS_POINTS])
+    for side, lids in _eye_lids(p).items():
+        fields = lids.lid_fields(iris)
+        cheek = _cheek_squint(p, iris, side, lids)
+        for name, dv_face in (
+            (f"eyeWide{side}", fields["wide"]),
+            (f"eyeSquint{side}", fields["squint"]),
+            (f"cheekSquint{side}", cheek),
+        ):
+            out[rig.index(name)] = dv_face[:, None] * fr.ey[None, :] * fr.iod
     du, dv = GAZE_TRAVEL
     # (side, rows of that eye's iris points, +u direction of "out" for that eye)
     for side, rows, out_sign in (("Right", slice(0, 5), -1.0), ("Left", slice(5, 10), 1.0)):
