@@ -80,6 +80,16 @@ EMOTION_AUS: dict[str, dict[str, float]] = {
     "surprised": {"1": 0.9, "2": 0.9, "5": 0.9, "26": 0.7},
     "contempt": {"12R": 0.6, "14R": 0.8},
 }
+# The face tracks of the data engine's training data (``data.expressive.face_targets``) keep the
+# prototype intensities the shipped models were trained with: the stronger ones above make the
+# expressions show on the renderer's pixels; the tracks stand for what a face does, and changing them
+# would change every dataset made since (and the models trained on them) without a retraining.
+TRACK_AUS: dict[str, dict[str, float]] = {
+    **EMOTION_AUS,
+    "angry": {"4": 1.0, "5": 0.3, "7": 0.7, "23": 0.8},
+    "fear": {"1": 0.8, "2": 0.6, "4": 0.35, "5": 0.9, "7": 0.2, "20": 0.7, "26": 0.3},
+    "disgusted": {"9": 0.9, "10": 0.6, "15": 0.5, "4": 0.3, "7": 0.3},
+}
 
 EASE_TIME_CONSTANT_S = 0.25
 
@@ -96,7 +106,8 @@ def _check_tables() -> None:
         for name in targets:
             rig.index(name)  # KeyError names a typo
         del au
-    for emotion, aus in EMOTION_AUS.items():
+    assert set(TRACK_AUS) == set(EMOTION_AUS)
+    for emotion, aus in [*EMOTION_AUS.items(), *TRACK_AUS.items()]:
         unknown = set(aus) - set(AU_RIG)
         if unknown:
             raise KeyError(f"{emotion}: unknown action units {sorted(unknown)}")
@@ -179,21 +190,26 @@ def format_spec(weights: Mapping[str, float]) -> str:
     return "+".join(terms) or "neutral"
 
 
-def action_units(weights: Mapping[str, float]) -> dict[str, float]:
+def action_units(
+    weights: Mapping[str, float], table: Mapping[str, Mapping[str, float]] = EMOTION_AUS
+) -> dict[str, float]:
     """Blend of emotions → AU intensities, summed over the terms and clamped to [0, 1]."""
     aus: dict[str, float] = {}
     for name, w in weights.items():
         if name == AUTO:
             continue  # the inferred part is given as emotions by the engine (EmotionLayer.set_inferred)
-        for au, a in EMOTION_AUS[name].items():
+        for au, a in table[name].items():
             aus[au] = aus.get(au, 0.0) + w * a
     return {au: min(1.0, a) for au, a in aus.items()}
 
 
-def expression_rig(weights: Mapping[str, float]) -> np.ndarray:
-    """Blend of emotions → (RIG_SIZE,) float32 rig (blendshapes only; head angles 0), in [0, 1]."""
+def expression_rig(
+    weights: Mapping[str, float], table: Mapping[str, Mapping[str, float]] = EMOTION_AUS
+) -> np.ndarray:
+    """Blend of emotions → (RIG_SIZE,) float32 rig (blendshapes only; head angles 0), in [0, 1].
+    ``table``: ``EMOTION_AUS`` (what the renderer shows) or ``TRACK_AUS`` (the training data's tracks)."""
     out = rig.zeros()
-    for au, a in action_units(weights).items():
+    for au, a in action_units(weights, table).items():
         for name, value in AU_RIG[au].items():
             out[rig.index(name)] += a * value
     return rig.clamp(out)
