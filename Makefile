@@ -14,7 +14,7 @@ PIPECAT_VENV ?= .venv-pipecat
 PIPECAT_PY := $(PIPECAT_VENV)/bin/python
 PIPECAT_STAMP := $(PIPECAT_VENV)/.stream_avatar-installed
 
-.PHONY: install install-pipecat run test lint bench clean train-motion eval-motion train-emotion eval-emotion train-data
+.PHONY: install install-pipecat run test lint bench clean train-motion eval-motion train-emotion eval-emotion train-data emotion-data
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -80,13 +80,20 @@ train-motion: train-data
 eval-motion: install
 	$(PY) -m stream_avatar eval motion --data $(MOTION_DATA) $(MOTION_VOICES) $(MOTION_WORLD) --out benchmarks/results
 
-# The shipped emotion model, on the same datasets (made by train-motion when missing; training ~20 min
-# on 2 cores). Resumable like train-motion (models/emotion/checkpoint).
-train-emotion: train-data
-	$(PY) -m stream_avatar train emotion --data $(MOTION_DATA) $(MOTION_VOICES) --out models/emotion --seed 0
+# The shipped emotion model: emotional speech with voice quality and pitch range from every
+# synthesizer (EMOTION_DATA, ~15 min to make) plus the recorded prompts as real neutral speech.
+# Resumable like train-motion (models/emotion/checkpoint).
+EMOTION_DATA ?= data/emotion-v2
+emotion-data: install
+	test -f $(EMOTION_DATA)/dataset.json || $(PY) -m stream_avatar data synth --hours 3 \
+		--languages en,hi,es,de --synthesizers espeak,festival,flite --voice-quality \
+		--out $(EMOTION_DATA) --seed 10
 
-eval-emotion: install
-	$(PY) -m stream_avatar eval emotion --data $(MOTION_DATA) $(MOTION_VOICES) --out benchmarks/results
+train-emotion: train-data emotion-data
+	$(PY) -m stream_avatar train emotion --data $(EMOTION_DATA) $(MOTION_REAL) --out models/emotion --seed 0
+
+eval-emotion: install emotion-data
+	$(PY) -m stream_avatar eval emotion --data $(EMOTION_DATA) --out benchmarks/results
 	$(PY) benchmarks/bench_expression.py
 
 clean:

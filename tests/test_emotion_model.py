@@ -277,6 +277,28 @@ def test_corpus_clips_train_the_audio_branch(tmp_path) -> None:
     assert all(c.tokens.shape == (30, TOKEN_DIM) for c in clips)
 
 
+def test_batches_draw_emotions_equally_and_recorded_speech_shares_neutral() -> None:
+    """Sampling weights: 1/8 per emotion however many clips each has; recorded (real, neutral) clips
+    take their configured share of neutral; an emotion without recorded clips is all synthetic."""
+    from stream_avatar.train.emotion import RECORDED, Clip, TrainConfig, sampling_weights
+
+    def clip(emotion: int, synthesizer: str) -> Clip:
+        z = np.zeros((10, 1), np.float32)
+        return Clip(z, z, emotion, 0.5, "s", "en", synthesizer, "train")
+
+    clips = (
+        [clip(0, RECORDED)] * 30
+        + [clip(0, "espeak")] * 5
+        + [clip(e, "espeak") for e in range(1, 8) for _ in range(e)]
+    )
+    w = sampling_weights(clips, TrainConfig(recorded_neutral_share=0.25))
+    emotions = np.array([c.emotion for c in clips])
+    assert np.allclose([w[emotions == e].sum() for e in range(8)], 1 / 8)
+    assert np.isclose(w[:30].sum(), 0.25 / 8) and np.isclose(w[30:35].sum(), 0.75 / 8)
+    only_synthetic = sampling_weights(clips[30:], TrainConfig())
+    assert np.allclose(only_synthetic[:5], 1 / 8 / 5)
+
+
 def test_eval_report_on_a_tiny_dataset(tiny_dataset, tmp_path) -> None:
     from stream_avatar.eval.emotion import evaluate_emotion, write_report
 

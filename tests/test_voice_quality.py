@@ -84,14 +84,16 @@ def test_emotions_differ_in_the_intended_direction() -> None:
     x = _voice()
 
     def render(emo: str) -> np.ndarray:
-        tilt, _breath, tremor, tension = expressive.VOICE_QUALITY[emo]
+        tilt, _breath, tremor, tension, _range = expressive.VOICE_QUALITY[emo]
         vq = _vq(tilt_db=tilt, tremor=tremor, tension=tension)
         return expressive.render_voice_quality(x, vq, np.random.default_rng(0))
 
     assert _tilt(render("angry")) > _tilt(render("happy")) > _tilt(render("neutral")) > _tilt(render("sad"))
     tremors = {k: v[2] for k, v in expressive.VOICE_QUALITY.items()}
     assert tremors["fear"] > max(v for k, v in tremors.items() if k != "fear")
-    assert expressive.VOICE_QUALITY["neutral"] == (0.0, 0.0, 0.0, 0.0)
+    assert expressive.VOICE_QUALITY["neutral"] == (0.0, 0.0, 0.0, 0.0, 1.0)
+    ranges = {k: v[4] for k, v in expressive.VOICE_QUALITY.items()}
+    assert ranges["surprised"] > ranges["happy"] > ranges["neutral"] > ranges["contempt"] > ranges["sad"]
 
 
 def test_dataset_plans_keep_their_timing_with_voice_quality() -> None:
@@ -114,3 +116,30 @@ def test_dataset_plans_keep_their_timing_with_voice_quality() -> None:
     assert not np.array_equal(voiced.audio, plain.audio)
     assert np.array_equal(voiced.targets, plain.targets)
     assert voiced.voice.tension > 0.5 and voiced.voice.tilt_db > 3.0
+
+
+def test_pitch_range_scales_the_f0_spread_and_keeps_length() -> None:
+    """The WORLD pass: a voice gliding 120-180 Hz keeps its median and timing; its log-f0 spread
+    scales with the factor (read back by the emotion tokens' own pitch tracker)."""
+    pytest.importorskip("pyworld")
+    from stream_avatar.emotion.features import clip_tokens
+
+    t = np.arange(2 * SR) / SR
+    f0 = 150.0 * 2.0 ** (0.3 * np.sin(2 * np.pi * 1.0 * t))
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    x = (0.2 * sum(np.sin(k * phase) / k**2 for k in range(1, 30))).astype(np.float32)
+
+    def spread(a: np.ndarray) -> tuple[float, float]:
+        tok = clip_tokens(a)
+        lf = tok[tok[:, -1] > 0, -2]
+        return float(np.percentile(lf, 90) - np.percentile(lf, 10)), float(np.median(lf))
+
+    base, mid = spread(x)
+    for factor in (0.5, 2.0):
+        y = expressive.render_pitch_range(x, factor)
+        assert y.shape == x.shape
+        s, m = spread(y)
+        assert abs(s / base - factor) < 0.25 * factor, (factor, s, base)
+        assert abs(m - mid) < 0.05
+    vq = _vq(range_factor=2.0)
+    assert spread(expressive.render_voice_quality(x, vq, np.random.default_rng(0)))[0] > 1.6 * base

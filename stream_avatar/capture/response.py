@@ -114,4 +114,5 @@ def cached_response(path: Path, tracks: list[np.ndarray], n: int = 600, seed: in
     response = measure_response(sample_rigs(tracks, n, seed))
     path.parent.mkdir(parents=True, exist_ok=True)
     response.save(path)
-    return response
+    # As saved (float32), so that a run resumed from the cache sees exactly the same numbers.
+    return FitterResponse.load(path)

@@ -55,22 +55,27 @@ PROSODY: dict[str, tuple[float, float, float, float]] = {
     "surprised": (18.0, 1.50, 1.00, 1.15),
     "contempt": (-8.0, 0.80, 0.88, 0.85),
 }
-# emotion → (spectral tilt in dB above ~1 kHz, breathiness, tremor, tension) at intensity 1
-# (voice quality; see the module docstring). Breathiness: aspiration noise level re the speech
-# envelope; tremor: 1 = 60 cents of pitch modulation (and 15 % amplitude); tension: soft-saturation drive.
-VOICE_QUALITY: dict[str, tuple[float, float, float, float]] = {
-    "neutral": (0.0, 0.0, 0.0, 0.0),
-    "happy": (4.0, 0.0, 0.0, 0.3),
-    "angry": (7.0, 0.0, 0.0, 1.0),
-    "sad": (-6.0, 0.03, 0.3, 0.0),
-    "fear": (1.0, 0.025, 1.0, 0.0),
-    "disgusted": (-2.0, 0.0, 0.0, 0.7),
-    "surprised": (3.0, 0.015, 0.0, 0.0),
-    "contempt": (-4.0, 0.012, 0.0, 0.35),
+# emotion → (spectral tilt in dB above ~1 kHz, breathiness, tremor, tension, pitch-range factor) at
+# intensity 1 (voice quality; see the module docstring). Breathiness: aspiration noise level re the
+# speech envelope; tremor: 1 = 60 cents of pitch modulation (and 15 % amplitude); tension:
+# soft-saturation drive; range: the spread of log f0 around the utterance's median, re the speaker's own
+# (rendered through the WORLD vocoder for every synthesizer, so Festival and Flite voices, whose
+# recorded intonation espeak's range parameter cannot reach, carry it too). Values as an actor's
+# clear portrayal (MEAD's top intensity), so that the eight are told apart by what does not depend on
+# the speaker: range, voice quality and rate, not the speaker's own pitch level.
+VOICE_QUALITY: dict[str, tuple[float, float, float, float, float]] = {
+    "neutral": (0.0, 0.0, 0.0, 0.0, 1.0),
+    "happy": (5.0, 0.0, 0.0, 0.3, 1.6),
+    "angry": (10.0, 0.0, 0.0, 1.2, 1.45),
+    "sad": (-9.0, 0.04, 0.4, 0.0, 0.45),
+    "fear": (1.0, 0.035, 1.4, 0.0, 1.0),
+    "disgusted": (-4.0, 0.0, 0.0, 0.9, 0.95),
+    "surprised": (3.0, 0.02, 0.0, 0.0, 2.2),
+    "contempt": (-3.0, 0.03, 0.0, 0.3, 0.65),
 }
-# Per-sample spread: tilt in dB (also the speaker-to-speaker spread of a neutral voice), the others
-# absolute.
-VOICE_JITTER = (1.5, 0.005, 0.1, 0.1)
+# Per-sample spread: tilt in dB (also the speaker-to-speaker spread of a neutral voice), the next three
+# absolute, the range factor in log units.
+VOICE_JITTER = (1.5, 0.005, 0.1, 0.1, 0.12)
 # Per-sample spread (standard deviations): pitch in scale steps, the factors in log units.
 JITTER = (6.0, 0.18, 0.07, 0.10)
 # Articulation gain per emotion (jaw and lip excursion with vocal effort), at intensity 1.
@@ -144,19 +149,47 @@ class VoiceQuality:
     tremor: float
     tremor_hz: float
     tension: float
+    range_factor: float = 1.0  # spread of log f0 re the speaker's own (1: unchanged, no vocoder pass)
 
 
 def voice_quality_for(emotion: str, intensity: float, rng: np.random.Generator) -> VoiceQuality:
     """The emotion's voice quality × intensity + per-sample jitter (``VOICE_JITTER``)."""
-    tilt, breath, tremor, tension = VOICE_QUALITY[emotion]
-    j = rng.standard_normal(4) * np.asarray(VOICE_JITTER)
+    tilt, breath, tremor, tension, prange = VOICE_QUALITY[emotion]
+    j = rng.standard_normal(5) * np.asarray(VOICE_JITTER)
     return VoiceQuality(
         tilt_db=round(float(intensity * tilt + j[0]), 3),
         breath=round(float(max(0.0, intensity * breath + j[1])), 4),
         tremor=round(float(max(0.0, intensity * tremor + j[2])), 4),
         tremor_hz=round(float(rng.uniform(4.5, 7.0)), 3),
         tension=round(float(max(0.0, intensity * tension + j[3])), 4),
+        range_factor=round(float(math.exp(intensity * math.log(prange) + j[4])), 4),
     )
+
+
+def render_pitch_range(samples: np.ndarray, factor: float, sample_rate_hz: int = 16000) -> np.ndarray:
+    """Speech (n,) float → the same speech with its log f0 spread around the median scaled by ``factor``.
+
+    Analysis and resynthesis by the WORLD vocoder (``pyworld``: DIO + StoneMask f0, CheapTrick envelope,
+    D4C aperiodicity; 5 ms frames): the spectral envelope and the timing stay, so phone timings hold.
+    Same length as the input."""
+    import pyworld
+
+    x = np.asarray(samples, np.float64).reshape(-1)
+    if x.size < sample_rate_hz // 10 or not np.any(x):
+        return np.asarray(samples, np.float32).copy()
+    f0, t = pyworld.dio(x, sample_rate_hz, frame_period=5.0)
+    f0 = pyworld.stonemask(x, f0, t, sample_rate_hz)
+    sp = pyworld.cheaptrick(x, f0, t, sample_rate_hz)
+    ap = pyworld.d4c(x, f0, t, sample_rate_hz)
+    voiced = f0 > 0
+    if voiced.any():
+        lf = np.log2(np.where(voiced, f0, 1.0))
+        mid = float(np.median(lf[voiced]))
+        f0 = np.where(voiced, 2.0 ** np.clip(mid + factor * (lf - mid), np.log2(50.0), np.log2(500.0)), 0.0)
+    y = pyworld.synthesize(f0, sp, ap, sample_rate_hz, 5.0)
+    out = np.zeros(x.size)
+    out[: min(x.size, y.size)] = y[: x.size]
+    return out.astype(np.float32)
 
 
 def render_voice_quality(
@@ -172,6 +205,8 @@ def render_voice_quality(
     rms = float(np.sqrt(np.mean(x * x))) if x.size else 0.0
     if rms <= 0.0:
         return np.asarray(samples, np.float32).copy()
+    if vq.range_factor != 1.0:
+        x = render_pitch_range(x, vq.range_factor, sample_rate_hz).astype(np.float64)
     t = np.arange(x.size) / sample_rate_hz
     phase = rng.uniform(0.0, 2.0 * math.pi)
     if vq.tremor > 0.0:
@@ -262,7 +297,9 @@ def face_targets(
     out = mouth.astype(np.float32).copy()
     out[:, : rig.NUM_BLENDSHAPES] = np.clip(out[:, : rig.NUM_BLENDSHAPES] * gain, 0.0, 1.0)
 
-    expression = emotion_mod.expression_rig({emotion: intensity} if emotion != "neutral" else {})
+    expression = emotion_mod.expression_rig(
+        {emotion: intensity} if emotion != "neutral" else {}, emotion_mod.TRACK_AUS
+    )
     track = _envelope(t, start, end, rng)[:, None] * expression[None, :]
 
     brow_p, nod_p = GESTURES[emotion]

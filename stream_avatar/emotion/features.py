@@ -6,13 +6,11 @@ One token per video frame (25 fps), computed causally from that frame's audio an
   motion driver's causal peak tracker (``LevelNormalizer``: no dependence on absolute level), pooled
   into 20 bands and averaged over the rows;
 - loudness: the rows' mean normalised log energy and its range inside the frame (attack, effort);
-- pitch: log2 of f0 re 150 Hz and a voicing strength from a normalised autocorrelation over the last
-  60 ms (50–400 Hz), 0 / 0 when unvoiced. Emotion is carried by pitch level, range and movement; the
-  embedder sees them as a 2 s sequence and the speaker classifier behind gradient reversal keeps the
-  speaker's own pitch out of the embedding.
+- pitch: log2 of f0 re 150 Hz and a voicing strength from a YIN-style normalised difference function
+  over the last 60 ms (50–400 Hz; ``_pitch``), 0 / 0 when unvoiced. Emotion is carried by pitch level,
+  range and movement; the embedder sees them as a 2 s sequence and the speaker classifier behind
+  gradient reversal keeps the speaker's own pitch out of the embedding.
 
-The autocorrelation pitch is written here because the maintained trackers (pyin, crepe) are offline or
-too slow for a per-frame causal call and would add a dependency for ~30 lines of numpy.
 ``FrameTokens`` is the streaming form; ``clip_tokens`` runs the same code on a whole clip.
 """
 
@@ -29,44 +27,58 @@ SAMPLES_PER_FRAME = SAMPLE_RATE_HZ // FPS
 ROWS_PER_FRAME = SAMPLES_PER_FRAME // HOP
 BANDS = 20
 TOKEN_DIM = BANDS + 4  # bands, energy mean, energy range, log2 f0 re 150 Hz, voicing
-_PITCH_WIN = 960  # 60 ms: two periods of 33 Hz ... plenty for 50 Hz
+_PITCH_WIN = 960  # 60 ms: the 40 ms integration window + the longest lag (20 ms, 50 Hz)
 _LAG_MIN, _LAG_MAX = SAMPLE_RATE_HZ // 400, SAMPLE_RATE_HZ // 50
-_VOICED = 0.45  # normalised autocorrelation peak above which a frame counts as voiced
+_INTEGRATE = _PITCH_WIN - _LAG_MAX  # samples compared at each lag
+_THRESHOLD = 0.15  # the first dip of the normalised difference below this is the period
+_UNVOICED = 0.3  # no dip below this anywhere: not voiced
 _NFFT = 2048
 
 
 def _pitch(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(n, _PITCH_WIN) → (log2 f0 / 150 Hz, voicing) per window; zeros where unvoiced or silent."""
+    """(n, _PITCH_WIN) → (log2 f0 / 150 Hz, voicing) per window; zeros where unvoiced or silent.
+
+    The cumulative-mean-normalised difference function of de Cheveigné & Kawahara (2002, "YIN"): the
+    period is the first lag whose normalised difference dips under a threshold, so a multiple of the
+    period (a sub-octave) or a formant's half period cannot win the way they do with a plain
+    autocorrelation peak. Voicing strength is 1 minus the dip. Written here because the maintained
+    trackers (librosa's pyin, crepe) run on whole clips, too slowly for one call per 40 ms frame."""
     x = windows - windows.mean(axis=1, keepdims=True)
-    x = x * np.hanning(_PITCH_WIN)[None, :]
-    spec = np.fft.rfft(x, _NFFT, axis=1)
-    ac = np.fft.irfft(np.abs(spec) ** 2, _NFFT, axis=1)[:, : _LAG_MAX + 2]
-    # Divide by the window's own autocorrelation so the peak height does not fall with the lag.
-    w = np.hanning(_PITCH_WIN)
-    wac = np.fft.irfft(np.abs(np.fft.rfft(w, _NFFT)) ** 2, _NFFT)[: _LAG_MAX + 2]
-    energy = ac[:, :1]
-    norm = ac / np.maximum(energy, 1e-9) / np.maximum(wac / wac[0], 1e-3)[None, :]
-    seg = norm[:, _LAG_MIN : _LAG_MAX + 1]
-    # The shortest lag whose local peak comes within 85 % of the highest: multiples of the period
-    # (sub-octaves) peak as high, the period itself comes first.
-    top = seg.max(axis=1, keepdims=True)
+    n = x.shape[0]
+    head = x[:, :_INTEGRATE]
+    # r(tau) = sum_j x_j x_{j+tau} over the integration window, all lags at once through the FFT.
+    spec = np.fft.rfft(x, _NFFT, axis=1) * np.conj(np.fft.rfft(head, _NFFT, axis=1))
+    r = np.fft.irfft(spec, _NFFT, axis=1)[:, : _LAG_MAX + 1]
+    sq = np.concatenate([np.zeros((n, 1)), np.cumsum(x * x, axis=1)], axis=1)
+    e0 = sq[:, _INTEGRATE : _INTEGRATE + 1]
+    lags = np.arange(_LAG_MAX + 1)
+    e_tau = sq[:, lags + _INTEGRATE] - sq[:, lags]
+    d = np.maximum(e0 + e_tau - 2.0 * r, 0.0)
+    d[:, 0] = 0.0
+    cum = np.cumsum(d[:, 1:], axis=1)
+    cmnd = np.ones_like(d)
+    cmnd[:, 1:] = d[:, 1:] * lags[1:][None, :] / np.maximum(cum, 1e-12)
+    seg = cmnd[:, _LAG_MIN : _LAG_MAX + 1]
+    m = seg.shape[1]
     local = np.zeros_like(seg, dtype=bool)
-    local[:, 1:-1] = (seg[:, 1:-1] >= seg[:, :-2]) & (seg[:, 1:-1] >= seg[:, 2:])
-    best = np.argmax(local & (seg >= 0.85 * top), axis=1)
-    peak = seg[np.arange(seg.shape[0]), best]
-    lag = (best + _LAG_MIN).astype(np.float64)
-    # Parabolic refinement of the peak (sub-sample lag).
-    i = best + _LAG_MIN
-    inner = (i > _LAG_MIN) & (i < _LAG_MAX)
-    ii = np.clip(i, 1, _LAG_MAX)
-    a, b, c = norm[np.arange(len(ii)), ii - 1], norm[np.arange(len(ii)), ii], norm[np.arange(len(ii)), ii + 1]
-    den = a - 2 * b + c
-    shift = np.where(inner & (np.abs(den) > 1e-9), 0.5 * (a - c) / np.where(den == 0, 1, den), 0.0)
-    lag = lag + np.clip(shift, -0.5, 0.5)
-    voiced = (peak > _VOICED) & (energy[:, 0] > 1e-7)
-    f0 = SAMPLE_RATE_HZ / lag
-    logf0 = np.where(voiced, np.log2(f0 / 150.0), 0.0)
-    voicing = np.where(voiced, np.clip(peak, 0.0, 1.0), 0.0)
+    local[:, 1:-1] = (seg[:, 1:-1] <= seg[:, :-2]) & (seg[:, 1:-1] <= seg[:, 2:])
+    under = local & (seg < _THRESHOLD)
+    first = np.argmax(under, axis=1)
+    # No dip under the threshold: the deepest local dip (never the range's edge, where a falling
+    # curve would end), voiced only if it is deep enough.
+    best = np.where(under.any(axis=1), first, np.argmin(np.where(local, seg, np.inf), axis=1))
+    rows = np.arange(n)
+    dip = np.where(local.any(axis=1), seg[rows, best], 1.0)
+    # Parabolic refinement of the dip (sub-sample lag).
+    a = seg[rows, np.clip(best - 1, 0, m - 1)]
+    c = seg[rows, np.clip(best + 1, 0, m - 1)]
+    den = a - 2.0 * dip + c
+    inner = (best > 0) & (best < m - 1) & (np.abs(den) > 1e-12)
+    shift = np.where(inner, 0.5 * (a - c) / np.where(inner, den, 1.0), 0.0)
+    lag = best + _LAG_MIN + np.clip(shift, -0.5, 0.5)
+    voiced = (dip < _UNVOICED) & (e0[:, 0] > 1e-7 * _INTEGRATE)
+    logf0 = np.where(voiced, np.log2(SAMPLE_RATE_HZ / lag / 150.0), 0.0)
+    voicing = np.where(voiced, np.clip(1.0 - dip, 0.0, 1.0), 0.0)
     return logf0.astype(np.float32), voicing.astype(np.float32)
 
 

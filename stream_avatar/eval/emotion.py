@@ -187,6 +187,7 @@ def _prosody_ceiling(data_dirs: Sequence[str | Path]) -> dict[str, Any]:
                 x.append(
                     [p["pitch"], p["pitch_range"], p["rate_wpm"], p["volume"], r.get("intensity", 0.0)]
                     + [vq.get(k, 0.0) for k in ("tilt_db", "breath", "tremor", "tension")]
+                    + [vq.get("range_factor", 1.0)]
                 )
                 y.append(EMOTIONS.index(r.get("emotion", "neutral")))
     if "train" not in rows:
@@ -283,7 +284,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path, name: str = "emoti
             "",
             "Ceiling of the data: a gradient-boosted classifier given each utterance's own synthesis "
             "parameters (prosody: pitch, range, rate, volume; intensity; voice quality where rendered: "
-            "tilt, breathiness, tremor, tension) reaches "
+            "tilt, breathiness, tremor, tension, pitch-range factor) reaches "
             + ", ".join(f"{k} {v:.3f}" for k, v in c.items())
             + " — the emotions overlap on purpose (every parameter jitters per utterance), and low "
             "intensities sit close to neutral.",

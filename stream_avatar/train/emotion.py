@@ -151,6 +151,10 @@ class TrainConfig:
     p_fitted: float = 0.7  # share of visual windows seen through the measured fitter response
     checkpoint_every: int = 250
     eval_every: int = 500
+    # Batches draw the eight emotions equally often. Recorded speech in the data (the Asterisk prompts:
+    # real, read, neutral) takes this share of the neutral draws: it anchors "neutral" on a human
+    # voice, where synthetic voices alone leave the real-speech domain unseen.
+    recorded_neutral_share: float = 0.5
 
 
 def _window(n: int, length: int, rng: np.random.Generator, min_frames: int) -> tuple[int, int]:
@@ -167,6 +171,29 @@ def augment_rigs(rigs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out.astype(np.float32)
 
 
+RECORDED = "recorded"  # the ``synthesizer`` of recorded speech (``data prompts``)
+
+
+def sampling_weights(clips: Sequence[Clip], cfg: TrainConfig) -> np.ndarray:
+    """(len(clips),) probabilities: each emotion present 1/E; recorded clips take
+    ``recorded_neutral_share`` of their emotion's mass (all of it when nothing synthetic shares it)."""
+    emotions = np.array([c.emotion for c in clips])
+    recorded = np.array([c.synthesizer == RECORDED for c in clips])
+    present = np.unique(emotions)
+    w = np.zeros(len(clips))
+    for e in present:
+        here = emotions == e
+        groups = [
+            (here & recorded, cfg.recorded_neutral_share),
+            (here & ~recorded, 1.0 - cfg.recorded_neutral_share),
+        ]
+        if not all(g.any() for g, _ in groups):
+            groups = [(here, 1.0)]
+        for g, share in groups:
+            w[g] = share / g.sum() / present.size
+    return w / w.sum()
+
+
 def make_batch(
     clips: Sequence[Clip],
     cfg: TrainConfig,
@@ -174,6 +201,7 @@ def make_batch(
     speakers: dict[str, int],
     step: int,
     response: Any = None,
+    weights: np.ndarray | None = None,
 ) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng([cfg.seed, step, 1])
     t = ecfg.window_frames
@@ -186,7 +214,8 @@ def make_batch(
     y = np.zeros(b, np.int64)
     inten = np.zeros(b, np.float32)
     spk = np.full(b, -1, np.int64)
-    for i, k in enumerate(rng.integers(0, len(clips), b)):
+    picks = rng.integers(0, len(clips), b) if weights is None else rng.choice(len(clips), b, p=weights)
+    for i, k in enumerate(picks):
         c = clips[int(k)]
         a, e = _window(c.tokens.shape[0], t, rng, cfg.min_frames)
         n = e - a
@@ -268,8 +297,9 @@ def validation_windows(clips: Sequence[Clip], window: int) -> tuple[np.ndarray, 
 
 
 def validator(data_dirs: Sequence[str | os.PathLike[str]]) -> Callable[[Any], dict[str, float]]:
-    """Audio-only accuracy on the val split (last 2 s of each utterance), for the training history."""
-    clips = load_clips(data_dirs, ["val"])
+    """Audio-only accuracy on the synthetic val split (last 2 s of each utterance), for the training
+    history (recorded prompts are all neutral: they would swamp the figure)."""
+    clips = [c for c in load_clips(data_dirs, ["val"]) if c.synthesizer != RECORDED]
 
     def evaluate(model: Any) -> dict[str, float]:
         if not clips:
@@ -386,7 +416,10 @@ def train(
     clips = load_clips(data_dirs, ["train"]) + load_corpus_clips(corpora)
     if not clips:
         raise ValueError(f"no training utterances in {list(map(str, data_dirs))} (split 'train')")
-    speakers = {s: i for i, s in enumerate(sorted({c.speaker for c in clips}))}
+    # The speaker adversary sees synthetic speakers only: the recorded speaker is always neutral, so
+    # removing who they are would remove "neutral" with it.
+    speakers = {s: i for i, s in enumerate(sorted({c.speaker for c in clips if c.synthesizer != RECORDED}))}
+    weights = sampling_weights(clips, cfg)
     log(
         f"loaded {len(clips)} train utterances, {len(speakers)} speakers "
         f"in {time.perf_counter() - t_load:.1f} s"
@@ -445,7 +478,7 @@ def train(
             for p in disc.parameters():
                 p.requires_grad_(False)
             net.train()
-            batch = make_batch(clips, cfg, ecfg, speakers, step, response)
+            batch = make_batch(clips, cfg, ecfg, speakers, step, response, weights)
             loss, parts = loss_fn(net, disc, batch, cfg, (step - cfg.disc_steps) / cfg.steps, table)
             lr = _lr(cfg, step, cfg.disc_steps, total)
         for g in opt.param_groups:
