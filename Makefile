@@ -73,9 +73,14 @@ train-data: install
 	test -f $(MOTION_REAL)/dataset.json || $(PY) -m stream_avatar data prompts --copies 4 \
 		--out $(MOTION_REAL) --seed 0
 
+# Trained with the level normaliser's peak tracker at 4 dB/s and attack 0.3, then run at 8 dB/s and 0.25
+# (inference settings in the model's config; see models/MODEL_CARD.md).
 train-motion: train-data
 	$(PY) -m stream_avatar train motion --data $(MOTION_DATA) $(MOTION_VOICES) $(MOTION_WORLD) $(MOTION_REAL) \
 		--out models/motion --seed 0
+	$(PY) -c "import json, pathlib; p = pathlib.Path('models/motion/config.json'); d = json.loads(p.read_text()); \
+		d['model'].update(peak_decay_db_per_s=8.0, peak_attack=0.25); \
+		p.write_text(json.dumps(d, indent=2, sort_keys=True) + '\n')"
 
 eval-motion: install
 	$(PY) -m stream_avatar eval motion --data $(MOTION_DATA) $(MOTION_VOICES) $(MOTION_WORLD) --out benchmarks/results
@@ -90,7 +95,8 @@ emotion-data: install
 		--out $(EMOTION_DATA) --seed 10
 
 train-emotion: train-data emotion-data
-	$(PY) -m stream_avatar train emotion --data $(EMOTION_DATA) $(MOTION_REAL) --out models/emotion --seed 0
+	$(PY) -m stream_avatar train emotion --data $(EMOTION_DATA) $(MOTION_REAL) --out models/emotion --seed 0 \
+		--fitter-response models/emotion/fitter_response.safetensors
 
 eval-emotion: install emotion-data
 	$(PY) -m stream_avatar eval emotion --data $(EMOTION_DATA) --out benchmarks/results

@@ -310,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--eval-every", type=int, default=None, help="validate every N steps (default 500)")
     te.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     te.add_argument("--no-progress", action="store_true", help="no progress bar")
+    te.add_argument(
+        "--fitter-response",
+        default=None,
+        metavar="FILE",
+        help="use this measured fitter response (safetensors) instead of measuring one",
+    )
 
     ev = sub.add_parser("eval", help="evaluate a model; writes JSON, markdown and plots")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="MODEL")
@@ -820,6 +826,7 @@ def _train_emotion(args: argparse.Namespace) -> int:
             evaluate=validator(data),
             log=lambda m: tqdm.write(m, file=sys.stderr),
             corpora=[Path(c) for c in args.corpus],
+            fitter_response=args.fitter_response,
         )
     print(Path(args.out).resolve())
     return 0

@@ -277,6 +277,20 @@ def test_corpus_clips_train_the_audio_branch(tmp_path) -> None:
     assert all(c.tokens.shape == (30, TOKEN_DIM) for c in clips)
 
 
+def test_training_takes_a_given_fitter_response(tiny_dataset, tmp_path) -> None:
+    """``make train-emotion`` passes the shipped response: it is used, none is measured or cached."""
+    from stream_avatar.emotion.inference import DEFAULT_MODEL_DIR
+    from stream_avatar.train.emotion import CHECKPOINT, TrainConfig, train
+
+    small = EmotionConfig(d_model=32, heads=2, audio_layers=1, per_emotion=2, disc_channels=16)
+    cfg = TrainConfig(steps=2, disc_steps=1, batch=4, checkpoint_every=100, eval_every=100, threads=1)
+    shipped = DEFAULT_MODEL_DIR / "fitter_response.safetensors"
+    logs: list[str] = []
+    train([tiny_dataset], tmp_path / "m", cfg, small, log=logs.append, fitter_response=shipped)
+    assert any(f"fitter response from {shipped}" in m for m in logs), logs
+    assert not (tmp_path / "m" / CHECKPOINT / "fitter_response.safetensors").exists()
+
+
 def test_batches_draw_emotions_equally_and_recorded_speech_shares_neutral() -> None:
     """Sampling weights: 1/8 per emotion however many clips each has; recorded (real, neutral) clips
     take their configured share of neutral; an emotion without recorded clips is all synthetic."""
@@ -297,6 +311,34 @@ def test_batches_draw_emotions_equally_and_recorded_speech_shares_neutral() -> N
     assert np.isclose(w[:30].sum(), 0.25 / 8) and np.isclose(w[30:35].sum(), 0.75 / 8)
     only_synthetic = sampling_weights(clips[30:], TrainConfig())
     assert np.allclose(only_synthetic[:5], 1 / 8 / 5)
+
+
+def test_voice_quality_cues_are_training_targets_and_training_heads_are_not_saved(tmp_path) -> None:
+    from safetensors import safe_open
+
+    from stream_avatar.emotion.model import N_CUES
+    from stream_avatar.train.emotion import clip_cues
+
+    vq = {
+        "tilt_db": -9.0,
+        "breath": 0.04,
+        "tremor": 0.4,
+        "tremor_hz": 5.0,
+        "tension": 0.0,
+        "range_factor": 0.45,
+    }
+    cues = clip_cues({"voice_quality": vq})
+    assert cues is not None and cues.shape == (N_CUES,)
+    assert np.allclose(cues, [np.log(0.45), -0.9, 1.0, 0.4, 0.0], atol=1e-6)
+    assert clip_cues({"prosody": {}}) is None
+    cfg = EmotionConfig()
+    net = EmotionNet(cfg, n_speakers=3)
+    assert net.speaker_head is not None and net.cue_head is not None
+    EmotionModel(net, Discriminator(cfg)).save(tmp_path / "m")
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert not [k for k in keys if "speaker_head" in k or "cue_head" in k]
+    EmotionModel.load(tmp_path / "m")  # loads without the training heads
 
 
 def test_eval_report_on_a_tiny_dataset(tiny_dataset, tmp_path) -> None:

@@ -40,7 +40,7 @@ from stream_avatar.emotion.model import Discriminator, EmotionConfig, EmotionNet
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "emotion"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-CONFIDENT_P = 0.8  # on real neutral speech (the real-speech set) 0.5 let 6.5 % of frames show one, 0.8 none
+CONFIDENT_P = 0.8  # real neutral speech (the real-speech set): at 0.5 6.5 % of frames showed one, at 0.8 none
 MIN_VOICED_FRAMES = 10  # 0.4 s of voiced speech in the window before the voice's emotion counts
 _VOICING = TOKEN_DIM - 1
 
@@ -127,7 +127,11 @@ class EmotionModel:
 
         folder = Path(model_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {f"net.{k}": v for k, v in self.net.state_dict().items() if not k.startswith("speaker_head.")}
+        state = {
+            f"net.{k}": v
+            for k, v in self.net.state_dict().items()
+            if not k.startswith(EmotionNet.TRAINING_HEADS)
+        }
         state.update({f"disc.{k}": v for k, v in self.disc.state_dict().items()})
         save_file({k: v.detach().contiguous() for k, v in state.items()}, str(folder / WEIGHTS_FILE))
         info = {"model": self.config.to_dict(), **(meta if meta is not None else self.meta)}

@@ -28,6 +28,7 @@ from stream_avatar.emotion.features import TOKEN_DIM
 from stream_avatar.motion import rig
 
 N_EMOTIONS = len(EMOTIONS)
+N_CUES = 5  # the voice-quality cues a training utterance was rendered with (``train.emotion.clip_cues``)
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,11 @@ class Discriminator(nn.Module):
 
 
 class EmotionNet(nn.Module):
-    """Embedder + bank (+ the speaker adversary's head, training only; sized at training time)."""
+    """Embedder + bank (+ training-only heads, sized at training time and never saved: the speaker
+    adversary's, and one that reads the voice's rendered cues — pitch range, tilt, breathiness, tremor,
+    tension — back from mu, so the embedding learns to measure them rather than the speaker)."""
+
+    TRAINING_HEADS = ("speaker_head.", "cue_head.")
 
     def __init__(self, cfg: EmotionConfig, n_speakers: int = 0) -> None:
         super().__init__()
@@ -220,6 +225,11 @@ class EmotionNet(nn.Module):
         self.bank = EmotionBank(cfg)
         self.speaker_head = (
             nn.Sequential(nn.Linear(cfg.latent_dim, 64), nn.GELU(), nn.Linear(64, n_speakers))
+            if n_speakers
+            else None
+        )
+        self.cue_head = (
+            nn.Sequential(nn.Linear(cfg.latent_dim, 64), nn.GELU(), nn.Linear(64, N_CUES))
             if n_speakers
             else None
         )

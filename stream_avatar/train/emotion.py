@@ -37,6 +37,7 @@ from stream_avatar.data import visemes
 from stream_avatar.emotion.facs import EMOTIONS
 from stream_avatar.emotion.features import tokens_from_rows
 from stream_avatar.emotion.model import (
+    N_CUES,
     Discriminator,
     EmotionConfig,
     EmotionNet,
@@ -65,6 +66,25 @@ class Clip:
     synthesizer: str
     split: str
     has_rigs: bool = True  # corpora without a fitted video train the audio branch only
+    cues: np.ndarray | None = None  # (N_CUES,) the voice-quality cues it was rendered with, if any
+
+
+def clip_cues(record: dict[str, Any]) -> np.ndarray | None:
+    """A manifest record's rendered voice quality → (N_CUES,) targets of similar scale (log pitch-range
+    factor, tilt / 10 dB, breathiness × 25, tremor, tension); None without voice quality."""
+    vq = record.get("voice_quality")
+    if not vq:
+        return None
+    return np.array(
+        [
+            math.log(float(vq.get("range_factor", 1.0))),
+            float(vq["tilt_db"]) / 10.0,
+            float(vq["breath"]) * 25.0,
+            float(vq["tremor"]),
+            float(vq["tension"]),
+        ],
+        np.float32,
+    )
 
 
 def load_clips(data_dirs: Sequence[str | os.PathLike[str]], splits: Sequence[str]) -> list[Clip]:
@@ -90,6 +110,7 @@ def load_clips(data_dirs: Sequence[str | os.PathLike[str]], splits: Sequence[str
                         language=str(rec.get("language", "")),
                         synthesizer=str(rec.get("synthesizer", "espeak")),
                         split=split,
+                        cues=clip_cues(rec),
                     )
                 )
     return out
@@ -144,6 +165,7 @@ class TrainConfig:
     prior_weight: float = 0.2
     disc_weight: float = 0.2
     intensity_weight: float = 0.5
+    cue_weight: float = 1.0  # reading the rendered voice-quality cues back from mu (voice-quality data)
     p_audio_only: float = 0.55
     p_visual_only: float = 0.2
     min_frames: int = 12  # shortest window (0.48 s): the embedder answers from then on
@@ -214,6 +236,8 @@ def make_batch(
     y = np.zeros(b, np.int64)
     inten = np.zeros(b, np.float32)
     spk = np.full(b, -1, np.int64)
+    cues = np.zeros((b, N_CUES), np.float32)
+    has_cues = np.zeros(b, bool)
     picks = rng.integers(0, len(clips), b) if weights is None else rng.choice(len(clips), b, p=weights)
     for i, k in enumerate(picks):
         c = clips[int(k)]
@@ -239,6 +263,8 @@ def make_batch(
             vmask[i, t - n :] = True
         y[i], inten[i] = c.emotion, c.intensity
         spk[i] = speakers.get(c.speaker, -1)
+        if c.cues is not None and use_a:
+            cues[i], has_cues[i] = c.cues, True
         # The speech mouth (no expression) of a discriminator-sized window, for the generated face.
         m = min(ecfg.disc_frames, c.rigs.shape[0])
         s0 = int(rng.integers(0, c.rigs.shape[0] - m + 1))
@@ -252,6 +278,8 @@ def make_batch(
         "y": torch.from_numpy(y),
         "intensity": torch.from_numpy(inten),
         "speaker": torch.from_numpy(spk),
+        "cues": torch.from_numpy(cues),
+        "has_cues": torch.from_numpy(has_cues),
     }
 
 
@@ -342,6 +370,10 @@ def loss_fn(
     lam = cfg.speaker_weight * min(1.0, 2.0 * progress)
     spk_logits = net.speaker_head(GradReverse.apply(mu[known], lam))
     spk_loss = F.cross_entropy(spk_logits, spk[known]) if known.any() else mu.sum() * 0
+    # The rendered voice-quality cues, read back from mu (heard in the audio, whoever speaks).
+    assert net.cue_head is not None
+    has = batch["has_cues"]
+    cue_loss = F.mse_loss(net.cue_head(mu[has]), batch["cues"][has]) if has.any() else mu.sum() * 0
     # Each learned prior (operator control) decodes to its own emotion at full intensity.
     labels = torch.arange(len(EMOTIONS))
     pq = net.bank.operator_query(labels, torch.ones(len(EMOTIONS)))
@@ -360,6 +392,7 @@ def loss_fn(
         + cfg.kl_weight * kl
         + cfg.commit_weight * out.commit_loss
         + spk_loss
+        + cfg.cue_weight * cue_loss
         + cfg.prior_weight * prior
         + cfg.disc_weight * dloss
     )
@@ -371,6 +404,7 @@ def loss_fn(
         "acc": float(acc.detach()),
         "kl": float(kl.detach()),
         "spk_acc": float(spk_acc.detach()),
+        "cue": float(cue_loss.detach()),
         "disc": float(dloss.detach()),
         "prior": float(prior.detach()),
     }
@@ -402,6 +436,7 @@ def train(
     evaluate: Callable[[Any], dict[str, float]] | None = None,
     log: Callable[[str], None] = print,
     corpora: Sequence[str | os.PathLike[str]] = (),
+    fitter_response: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Train (or resume) into ``out_dir``; writes the final ``EmotionModel`` there; returns it.
 
@@ -443,7 +478,14 @@ def train(
         history = list(ckpt[2].get("history", []))
         log(f"resumed at step {start}")
     response = None
-    if cfg.response_frames > 0:
+    if fitter_response is not None:
+        # A response measured before (``capture.response``; the shipped model's is in models/emotion),
+        # so that a run reproduces the shipped one exactly whatever the renderer measures today.
+        from stream_avatar.capture.response import FitterResponse
+
+        response = FitterResponse.load(fitter_response)
+        log(f"fitter response from {fitter_response} ({response.frames} frames)")
+    elif cfg.response_frames > 0:
         from stream_avatar.capture.response import cached_response
 
         t_resp = time.perf_counter()
