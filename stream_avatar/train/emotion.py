@@ -9,10 +9,12 @@ of the label blended in. It is then frozen.
 
 Every later step trains ``EmotionNet`` on a batch of 2 s windows (right-aligned; shorter at an
 utterance's start, as a stream's first seconds are) with modality dropout (audio only / rigs only /
-both). Loss: emotion cross-entropy on the bank's probabilities + intensity + KL of the Gaussian +
-VQ commitment + the speaker adversary through gradient reversal + each learned prior classified as its
-emotion + the frozen discriminator's cross-entropy on the generated expression (speech mouth ⊕ the
-FACS rig of the predicted emotion).
+both); windows are drawn with each emotion equally often, recorded (real, neutral) speech taking
+``recorded_neutral_share`` of the neutral draws. Loss: emotion cross-entropy on the bank's
+probabilities + intensity + KL of the Gaussian + VQ commitment + the speaker adversary through gradient
+reversal (synthetic speakers) + the rendered voice-quality cues read back from mu (a training-only
+head; voice-quality data) + each learned prior classified as its emotion + the frozen discriminator's
+cross-entropy on the generated expression (speech mouth ⊕ the FACS rig of the predicted emotion).
 
 Checkpoints (model, optimizer, step) every ``checkpoint_every`` steps; a resumed run equals an
 uninterrupted one (batches depend on seed and step only).
