@@ -99,6 +99,11 @@ class LevelNormalizer:
         self._rise = self.BACKGROUND_RISE_DB_PER_S * HOP / SAMPLE_RATE_HZ * math.log(10.0) / 10.0
         self.reset()
 
+    @classmethod
+    def for_config(cls, cfg: ModelConfig) -> LevelNormalizer:
+        """The normaliser a model with config ``cfg`` was made for (column and peak-tracker rates)."""
+        return cls(cfg.background, cfg.peak_decay_db_per_s, cfg.peak_attack)
+
     @property
     def n_out(self) -> int:
         return N_FEATURES + int(self.background)
@@ -139,14 +144,9 @@ class LevelNormalizer:
         return out.astype(np.float32)
 
 
-def normalize_features(
-    rows: np.ndarray,
-    background: bool = False,
-    decay_db_per_s: float | None = None,
-    attack: float | None = None,
-) -> np.ndarray:
+def normalize_features(rows: np.ndarray, background: bool = False) -> np.ndarray:
     """Offline: a whole clip's feature rows, normalised as a fresh stream would normalise them."""
-    return LevelNormalizer(background, decay_db_per_s, attack).push(rows)
+    return LevelNormalizer(background).push(rows)
 
 
 def frame_rows(n_frames: int, rows_per_frame: int, lookahead_rows: int) -> np.ndarray:
@@ -391,8 +391,7 @@ class LearnedMouthDriver:
         self.rows_per_frame = SAMPLE_RATE_HZ // fps // HOP
         self.lookahead_rows = self.model.config.lookahead_rows
         self._features = FeatureStream()
-        cfg = self.model.config
-        self._norm = LevelNormalizer(cfg.background, cfg.peak_decay_db_per_s, cfg.peak_attack)
+        self._norm = LevelNormalizer.for_config(self.model.config)
         self._emotion = self.model.neutral_emotion()
         self.last_visemes = np.zeros((0, len(VISEMES)), np.float32)
         self.reset()

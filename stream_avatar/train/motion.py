@@ -61,7 +61,7 @@ from stream_avatar.data import expressive, visemes
 from stream_avatar.emotion import facs as emotion_mod
 from stream_avatar.motion import rig
 from stream_avatar.motion.audio2motion import Audio2MotionNet, ModelConfig, output_slices
-from stream_avatar.motion.learned import MotionModel, frame_rows, normalize_features
+from stream_avatar.motion.learned import LevelNormalizer, MotionModel, frame_rows
 from stream_avatar.train import checkpoint
 
 __all__ = ["Track", "TrainConfig", "load_tracks", "make_batch", "train"]
@@ -246,17 +246,14 @@ def random_eq(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def make_batch(
     tracks: Sequence[Track],
     cfg: TrainConfig,
-    lookahead_rows: int,
+    model_cfg: ModelConfig,
     step: int,
-    background: bool = False,
-    decay_db_per_s: float | None = None,
-    peak_attack: float | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Batch ``step`` (a pure function of the seed and step; see the module docstring); ``background``:
-    the rows carry the background-level column (``ModelConfig.background``); ``decay_db_per_s``,
-    ``peak_attack``: the peak tracker's rates (``ModelConfig``; None: the normaliser's defaults)."""
+    """Batch ``step`` (a pure function of the seed and step; see the module docstring); the rows are
+    normalised as ``model_cfg``'s driver normalises them (``LevelNormalizer.for_config``)."""
     rng = np.random.default_rng([cfg.seed, step])
     n_frames = round(cfg.crop_s * FPS)
+    lookahead_rows = model_cfg.lookahead_rows
     n_rows = n_frames * ROWS_PER_FRAME + lookahead_rows
     xs, emos = [], []
     mouth, vis, pitch, brow, bmask, fmask = [], [], [], [], [], []
@@ -276,7 +273,7 @@ def make_batch(
             rows = narrow_band(rows, rng)
         if rng.uniform() < cfg.eq_p:
             rows = random_eq(rows, rng)
-        rows = normalize_features(rows, background, decay_db_per_s, peak_attack)
+        rows = LevelNormalizer.for_config(model_cfg).push(rows)
         cat = {
             "mouth": np.concatenate([p.mouth for p in parts]),
             "vis": np.concatenate([p.viseme for p in parts]),
@@ -485,15 +482,7 @@ def train(
     running: dict[str, float] = {}
     for step in range(start, cfg.steps):
         torch.manual_seed(cfg.seed * 1_000_003 + step)
-        batch = make_batch(
-            tracks,
-            cfg,
-            model_cfg.lookahead_rows,
-            step,
-            model_cfg.background,
-            model_cfg.peak_decay_db_per_s,
-            model_cfg.peak_attack,
-        )
+        batch = make_batch(tracks, cfg, model_cfg, step)
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step)
         loss, parts = loss_fn(net, batch, cfg)
