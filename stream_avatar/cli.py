@@ -180,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
             help="WHIP/WHEP requests must carry Authorization: Bearer TOKEN (16+ characters; prefer the "
             "env STREAM_AVATAR_BEARER_TOKEN: a flag shows in the process list)",
         )
+        server.add_argument(
+            "--cors-origin",
+            action="append",
+            default=None,
+            metavar="ORIGIN",
+            help="a web origin (https://app.example.com) whose pages may use WHIP/WHEP across origins "
+            "(repeat for more; default: same origin only)",
+        )
         add_common(server)
         add_render_opts(server)
 
@@ -390,6 +398,7 @@ def _config(args: argparse.Namespace) -> Config:
         "latency_budget_ms": getattr(args, "latency_budget_ms", None),
         "max_sessions": getattr(args, "max_sessions", None),
         "bearer_token": getattr(args, "bearer_token", None),
+        "cors_origins": getattr(args, "cors_origin", None),
         "disclosure": getattr(args, "disclosure", None),
         "disclosure_text": getattr(args, "disclosure_text", None),
         "disclosure_position": getattr(args, "disclosure_position", None),

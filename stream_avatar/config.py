@@ -50,13 +50,15 @@ TOML layout (every key optional)::
     max_viewers = 16         # watch-only viewers of running streams (each costs an encode)
     cpu_fraction = 0.6       # share of this process's cores that sessions may use in all (admission)
     audio_jitter_prefetch = 0  # 0: mic packets to the decoder on arrival; N: aiortc's buffer of N x 20 ms
+    cors_origins = []        # pages of these origins may call WHIP/WHEP ("https://app.example.com"); []: none
 
 Environment variables use the key name: ``STREAM_AVATAR_FPS``, ``STREAM_AVATAR_DRIVER``,
 ``STREAM_AVATAR_MAX_BUFFER_S``, ``STREAM_AVATAR_DEVICE``, ``STREAM_AVATAR_EMOTION``,
 ``STREAM_AVATAR_AVATAR`` (the spec), ``STREAM_AVATAR_SIZE``, ``STREAM_AVATAR_STORE_DIR``,
 ``STREAM_AVATAR_HOST``, ``STREAM_AVATAR_PORT``,
 ``STREAM_AVATAR_LATENCY_BUDGET_MS``, ``STREAM_AVATAR_MAX_SESSIONS``, ``STREAM_AVATAR_CPU_FRACTION``,
-``STREAM_AVATAR_AUDIO_JITTER_PREFETCH``, ``STREAM_AVATAR_ALLOW_UNCONSENTED_AVATARS``,
+``STREAM_AVATAR_AUDIO_JITTER_PREFETCH``, ``STREAM_AVATAR_CORS_ORIGINS`` (comma-separated),
+``STREAM_AVATAR_ALLOW_UNCONSENTED_AVATARS``,
 ``STREAM_AVATAR_DISCLOSURE`` (the badge on or off), ``STREAM_AVATAR_DISCLOSURE_TEXT``,
 ``STREAM_AVATAR_DISCLOSURE_POSITION``, ``STREAM_AVATAR_DISCLOSURE_OPACITY``, ``STREAM_AVATAR_AUDIT_LOG``,
 ``STREAM_AVATAR_WATERMARK`` (the invisible mark on or off), ``STREAM_AVATAR_INSTANCE_ID``,
@@ -69,6 +71,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +154,8 @@ class AvatarConfig:
             raise ConfigError(f"size must be an even number of pixels in 64..2048, got {self.size}")
 
 
+# A web origin as browsers send it in the Origin header: scheme, host, optional port, nothing else.
+CORS_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 DISCLOSURE_POSITIONS: tuple[str, ...] = ("top-left", "top-right", "bottom-left", "bottom-right")
 DISCLOSURE_MAX_TEXT = 40
 
@@ -229,8 +234,16 @@ class ServerConfig:
     # WHIP and WHEP requests must carry ``Authorization: Bearer <token>`` when set (not in repr: the
     # configuration may be logged).
     bearer_token: str | None = field(default=None, repr=False)
+    # Web origins (``https://app.example.com``) whose pages may call WHIP/WHEP across origins (CORS);
+    # empty: same origin only. ``*`` allows any origin (only sensible together with bearer_token).
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for origin in self.cors_origins:
+            if origin != "*" and not CORS_ORIGIN.fullmatch(origin):
+                raise ConfigError(
+                    f"cors_origins: {origin!r} is not an origin (scheme://host[:port], no path) or *"
+                )
         token = self.bearer_token
         if token is not None and (len(token) < 16 or not all(33 <= ord(c) <= 126 for c in token)):
             raise ConfigError("bearer_token must be at least 16 printable ASCII characters without spaces")
@@ -323,6 +336,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "cpu_fraction": ("server", "cpu_fraction"),
     "audio_jitter_prefetch": ("server", "audio_jitter_prefetch"),
     "bearer_token": ("server", "bearer_token"),
+    "cors_origins": ("server", "cors_origins"),
     "disclosure": ("disclosure", "enabled"),
     "disclosure_text": ("disclosure", "text"),
     "disclosure_position": ("disclosure", "position"),
@@ -360,6 +374,11 @@ def _parse(section: str, name: str, value: object, origin: str) -> object:
     if name == "bearer_token" or (section == "janus" and name in janus_secrets):
         text = str(value).strip()
         return text or None
+    if name == "cors_origins":  # a TOML array, or a comma-separated string (env, CLI)
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{origin}: cors_origins must be a list of origins, got {value!r}")
+        return tuple(sorted({i.strip().rstrip("/") for i in items if i.strip()}))
     if name == "store_dir" or (section, name) == ("audit", "path"):
         text = str(value).strip()
         return Path(text).expanduser() if text else None

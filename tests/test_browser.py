@@ -227,7 +227,7 @@ def test_browser_talks(chromium: tuple[str, ModuleType], server_url: str, mic_wa
             page.click("#connect")
             _wait_live(page, sync_api, console)
             hello = page.evaluate("window.streamAvatar.hello")
-            assert hello["protocol"] == 6 and hello["emotion"] == "auto", hello  # the server's default
+            assert hello["protocol"] == 7 and hello["emotion"] == "auto", hello  # the server's default
             r = page.evaluate(
                 CAPTURE_JS,
                 {

@@ -240,7 +240,7 @@ async def test_loopback_speech_bursts(neutral_server: AvatarServer, speech_burst
 async def test_bad_messages_get_errors_and_the_session_survives(server: AvatarServer) -> None:
     async with websockets.connect(server.url.replace("http", "ws") + "/ws") as ws:
         hello = json.loads(await ws.recv())
-        assert hello["type"] == "hello" and hello["protocol"] == 6
+        assert hello["type"] == "hello" and hello["protocol"] == 7
 
         async def ask(raw: str) -> dict[str, Any]:
             await ws.send(raw)

@@ -40,7 +40,10 @@ SDP = {"Content-Type": "application/sdp"}
 
 
 def make_server(
-    bearer_token: str | None = None, max_sessions: int = 4, max_viewers: int = 16
+    bearer_token: str | None = None,
+    max_sessions: int = 4,
+    max_viewers: int = 16,
+    cors_origins: tuple[str, ...] = (),
 ) -> AvatarServer:
     avatar = SimpleNamespace(id="default", size=SIZE, meta={"consent": {"statement": TEST_CONSENT}})
     settings = ServerSettings(
@@ -50,6 +53,7 @@ def make_server(
         max_viewers=max_viewers,
         measured_admission=False,
         bearer_token=bearer_token,
+        cors_origins=cors_origins,
         session=SessionSettings(fps=FPS, size=SIZE, emotion="neutral"),
     )
     return AvatarServer(
@@ -360,3 +364,57 @@ def test_the_bearer_token_setting() -> None:
     for bad in ("short", "has a space in the middle!!"):
         with pytest.raises(ConfigError, match="bearer_token"):
             load_config({"bearer_token": bad}, environ={})
+
+
+async def test_cors_only_for_configured_origins(http: aiohttp.ClientSession) -> None:
+    """A browser WHEP/WHIP player on another origin: its preflight and requests get CORS headers when
+    its origin is configured, and none otherwise (the default: same origin only)."""
+    app_origin = "https://app.example.com"
+    for allowed, origin, expect in (
+        ((), app_origin, False),
+        ((app_origin,), app_origin, True),
+        ((app_origin,), "https://evil.example.com", False),
+        (("*",), "https://evil.example.com", True),
+    ):
+        srv = make_server(cors_origins=allowed)
+        await srv.start()
+        try:
+            pre = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+            async with http.options(srv.url + "/whep/room", headers=pre) as resp:
+                assert resp.status == 204 and resp.headers["Accept-Post"] == "application/sdp"
+                assert ("Access-Control-Allow-Origin" in resp.headers) is expect, (allowed, origin)
+                if expect:
+                    assert resp.headers["Access-Control-Allow-Origin"] == origin
+                    assert "Authorization" in resp.headers["Access-Control-Allow-Headers"]
+                    assert "DELETE" in resp.headers["Access-Control-Allow-Methods"]
+            async with http.options(srv.url + "/whip/room/" + "0" * 32, headers=pre) as resp:
+                assert resp.status == 204
+                assert resp.headers["Accept-Patch"] == "application/trickle-ice-sdpfrag"
+                assert ("Access-Control-Allow-Origin" in resp.headers) is expect
+            # An actual request (here an error: no stream named "room") carries them too, and exposes
+            # Location for the player's later PATCH/DELETE.
+            headers = {**SDP, "Origin": origin}
+            async with http.post(srv.url + "/whep/room", data="v=0\r\n", headers=headers) as resp:
+                assert resp.status >= 400
+                assert ("Access-Control-Allow-Origin" in resp.headers) is expect
+                if expect:
+                    assert "Location" in resp.headers["Access-Control-Expose-Headers"]
+            # The page, the signalling and /status never get CORS headers.
+            async with http.get(srv.url + "/status", headers={"Origin": origin}) as resp:
+                assert "Access-Control-Allow-Origin" not in resp.headers
+        finally:
+            await srv.aclose()
+
+
+def test_the_cors_origins_setting() -> None:
+    from stream_avatar.config import ConfigError, load_config
+
+    assert load_config(environ={}).server.cors_origins == ()  # same origin only by default
+    cfg = load_config(environ={"STREAM_AVATAR_CORS_ORIGINS": "https://b.example, https://a.example:8443/"})
+    assert cfg.server.cors_origins == ("https://a.example:8443", "https://b.example")
+    assert load_config({"cors_origins": ["http://[::1]:3000"]}, environ={}).server.cors_origins == (
+        "http://[::1]:3000",
+    )
+    for bad in ("app.example.com", "https://app.example.com/path", "javascript:alert(1)", "https://a b"):
+        with pytest.raises(ConfigError, match="cors_origins"):
+            load_config({"cors_origins": [bad]}, environ={})

@@ -75,6 +75,8 @@ class ServerSettings:
     allow_unconsented_avatars: bool = False
     # WHIP and WHEP requests must carry ``Authorization: Bearer <token>`` when set.
     bearer_token: str | None = field(default=None, repr=False)
+    # Origins whose web pages may call WHIP/WHEP across origins (CORS); empty: same origin only.
+    cors_origins: tuple[str, ...] = ()
     # Webinar fan-out (``POST /janus/NAME``): the Janus VideoRoom streams are published into; None: off.
     janus: JanusSettings | None = None
     session: SessionSettings = field(default_factory=SessionSettings)
@@ -227,6 +229,7 @@ class AvatarServer:
     def _app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.on_response_prepare.append(_secure_headers)
+        app.on_response_prepare.append(self._cors_headers)
         router = app.router
         router.add_get(WS_PATH, self._ws_route)
         router.add_get(PCM_PATH, self._pcm_route)
@@ -235,6 +238,7 @@ class AvatarServer:
         router.add_post("/whep/{stream}", self._whep_post)
         for kind in ("whip", "whep"):
             router.add_route("OPTIONS", f"/{kind}/{{stream}}", self._options)
+            router.add_route("OPTIONS", f"/{kind}/{{stream}}/{{resource}}", self._options)
             router.add_patch(f"/{kind}/{{stream}}/{{resource}}", self._patch)
             router.add_delete(f"/{kind}/{{stream}}/{{resource}}", self._delete)
         router.add_post("/janus/{stream}", self._janus_post)
@@ -757,8 +761,34 @@ class AvatarServer:
         return web.Response(status=HTTPStatus.OK)
 
     async def _options(self, request: web.Request) -> web.Response:
-        """What a POST takes (WHIP/WHEP clients may ask). No CORS headers: same origin only."""
-        return web.Response(status=HTTPStatus.NO_CONTENT, headers={"Accept-Post": whip.SDP_CONTENT_TYPE})
+        """What a POST or PATCH takes (WHIP/WHEP clients may ask), and a browser's CORS preflight.
+
+        No token is asked for: a preflight never carries one. The CORS headers come from
+        ``_cors_headers`` (for configured origins only)."""
+        if "resource" in request.match_info:
+            headers = {"Accept-Patch": whip.SDPFRAG_CONTENT_TYPE}
+        else:
+            headers = {"Accept-Post": whip.SDP_CONTENT_TYPE}
+        return web.Response(status=HTTPStatus.NO_CONTENT, headers=headers)
+
+    async def _cors_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        """CORS for WHIP and WHEP, for the configured origins only (``cors_origins``; none by default).
+
+        A browser player on another origin reads ``Location`` (to PATCH and DELETE its resource) and
+        sends ``Authorization``; both need the headers below. Other paths never get them."""
+        origin = request.headers.get("Origin")
+        allowed = self.settings.cors_origins
+        if origin is None or not request.path.startswith(("/whip/", "/whep/")):
+            return
+        if origin not in allowed and "*" not in allowed:
+            return
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers.add("Vary", "Origin")
+        response.headers["Access-Control-Expose-Headers"] = "Location, Link, Accept-Post, Accept-Patch"
+        if request.method == "OPTIONS":
+            response.headers["Access-Control-Allow-Methods"] = "POST, PATCH, DELETE, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, If-Match"
+            response.headers["Access-Control-Max-Age"] = "600"
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -928,6 +958,7 @@ def build_server(cfg: Config, consent: Any = None) -> AvatarServer:
         cpu_fraction=cfg.server.cpu_fraction,
         allow_unconsented_avatars=cfg.avatar.allow_unconsented_avatars,
         bearer_token=cfg.server.bearer_token,
+        cors_origins=cfg.server.cors_origins,
         janus=cfg.janus.settings(),
         session=SessionSettings(
             fps=cfg.engine.fps,

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_SDP_CHARS = 60 * 1024
 AVATAR_ID = re.compile(r"^(default|[0-9a-f]{16})$")
