@@ -651,3 +651,14 @@ def test_low_delay_jitter_buffer_releases_on_arrival_and_survives_loss() -> None
     assert add(s + 5) is None
     assert add(s + 4) == (s + 5) % 256
     assert add(s + 6) == (s + 6) % 256
+
+
+def test_watch_names_a_stream_by_id_or_whip_name() -> None:
+    """`watch` takes a session's or PCM stream's id and a WHIP stream's name; nothing else gets through."""
+    sdp = "v=0\r\n"
+    for name in ("0123456789ab", "studio-1", "Webinar_2026", "x" * 64):
+        assert protocol.parse(json.dumps({"type": "offer", "sdp": sdp, "watch": name}))["watch"] == name
+    for bad in ("", "../etc", "a b", "x" * 65, "名前", 12):
+        with pytest.raises(protocol.ProtocolError) as err:
+            protocol.parse(json.dumps({"type": "offer", "sdp": sdp, "watch": bad}))
+        assert err.value.code == "bad_field"

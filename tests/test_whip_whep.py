@@ -28,6 +28,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from stream_avatar.server.app import AvatarServer, ServerSettings
+from stream_avatar.server.client import AvatarClient
 from stream_avatar.server.session import SessionSettings
 from stream_avatar.session.engine import AvatarEngine
 from tests.fakes import TEST_CONSENT, FakeDriver, FakeIdle, FakeRenderer, to_int16
@@ -212,6 +213,13 @@ async def test_whip_publisher_drives_a_stream_that_whep_players_watch(
         assert server.whip_streams["studio-1"].audio_frames > 25
         status = await (await http.get(server.url + "/status")).json()
         assert status["streams"] == 1 and status["viewers"] == 2
+        # The page's viewer (`/?watch=studio-1`, its /ws offer with watch) watches a WHIP stream by name.
+        page_viewer = AvatarClient(server.url, None, watch="studio-1", keep_frames=4)
+        try:
+            await page_viewer.connect()
+            assert await wait_for(lambda: len(page_viewer.received.video) > 5, 10.0)
+        finally:
+            await page_viewer.close()
 
         # DELETE of one player frees it; the other keeps receiving.
         async with http.delete(server.url + first.location) as resp:

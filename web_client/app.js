@@ -61,11 +61,12 @@ const live = {
 };
 window.streamAvatar = live;
 
-// `/?watch=STREAM_ID`: a viewer of a running stream (a presenter's session or a PCM-driven one):
-// no microphone, no controls; the stream's video, voice and rig come down.
+// `/?watch=STREAM`: a viewer of a running stream (a presenter's session, a PCM-driven one by its id,
+// or a WHIP stream by its name): no microphone, no controls; the stream's video, voice and rig come
+// down. The name's characters as the protocol allows them (docs/protocol.md, `offer`).
 const WATCH = (() => {
   const id = new URLSearchParams(window.location.search).get("watch");
-  return id && /^[0-9a-f]{12}$/.test(id) ? id : null;
+  return id && /^[A-Za-z0-9_-]{1,64}$/.test(id) ? id : null;
 })();
 live.watch = WATCH;
 

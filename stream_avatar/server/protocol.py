@@ -17,6 +17,9 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_SDP_CHARS = 60 * 1024
 AVATAR_ID = re.compile(r"^(default|[0-9a-f]{16})$")
 STREAM_ID = re.compile(r"^[0-9a-f]{12}$")  # Session / PcmStream ids: secrets.token_hex(6)
+# What a viewer may name to watch: a session's or PCM stream's id, or a WHIP stream's name (chosen by
+# its publisher). Letters, digits, ``_`` and ``-`` only: safe in URLs, logs and task names.
+STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # ``emotion_ref``: a short face clip, at most this many bytes once decoded (a few seconds of 720p WebM
 # or MP4 from a phone or MediaRecorder is 1-4 MiB). Its base64 text is 4/3 of that, and only this
 # message type may exceed MAX_MESSAGE_BYTES (up to MAX_REFERENCE_MESSAGE_BYTES).
@@ -67,8 +70,10 @@ def parse(raw: str | bytes) -> dict[str, Any]:
         if not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > MAX_SDP_CHARS:
             raise ProtocolError("bad_field", '"offer" needs "sdp": an SDP text starting with "v=0"')
         watch = msg.get("watch")
-        if watch is not None and (not isinstance(watch, str) or not STREAM_ID.match(watch)):
-            raise ProtocolError("bad_field", '"watch" must be a stream id (12 hex digits, from its hello)')
+        if watch is not None and (not isinstance(watch, str) or not STREAM_NAME.match(watch)):
+            raise ProtocolError(
+                "bad_field", '"watch" must name a stream: its id from its hello, or a WHIP stream\'s name'
+            )
     elif kind == "avatar":
         avatar = msg.get("avatar")
         if not isinstance(avatar, str) or not AVATAR_ID.match(avatar):

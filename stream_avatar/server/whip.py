@@ -50,9 +50,9 @@ from stream_avatar.session.engine import SAMPLE_RATE_HZ, AvatarEngine, OutputIte
 
 logger = logging.getLogger(__name__)
 
-# A WHIP stream's name, from its URL (``/whip/NAME``): what viewers ask for. Letters, digits, ``_``
-# and ``-`` only, so it is safe in URLs, logs and task names; never used to build a path.
-STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# A WHIP stream's name, from its URL (``/whip/NAME``): what viewers ask for (``protocol.STREAM_NAME``);
+# never used to build a path.
+STREAM_NAME = protocol.STREAM_NAME
 RESOURCE_ID = re.compile(r"^[0-9a-f]{32}$")
 SDP_CONTENT_TYPE = "application/sdp"
 SDPFRAG_CONTENT_TYPE = "application/trickle-ice-sdpfrag"
