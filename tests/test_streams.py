@@ -196,6 +196,29 @@ async def test_pcm_errors_are_answered_and_the_stream_survives(server: AvatarSer
     assert await wait_for(lambda: not server.streams and not stream_tasks() and not engine_threads())
 
 
+async def test_an_idle_pcm_stream_has_every_frame_ready_at_its_tick(server: AvatarServer) -> None:
+    """Between utterances the stream feeds silence ahead of its clock like speech: idle frames are made
+    before their ticks (fed only when a tick had starved, every other idle tick was a late one)."""
+    publisher = PcmPublisher(server.url)
+    await publisher.connect()
+    viewer = AvatarClient(server.url, None, watch=publisher.stream)
+    try:
+        await viewer.connect()
+        assert await wait_for(lambda: len(viewer.received.video) > 10)
+        assert await wait_for(
+            lambda: sum(1 for _, m in publisher.events if m.get("type") == "stats") >= 3, 10.0
+        )
+        stats = [m for _, m in publisher.events if m.get("type") == "stats"][-1]
+        assert stats["frames_sent"] >= 50, stats
+        # Before, about half; now none but what a loaded machine costs now and then.
+        assert stats["late_frames"] <= 0.1 * stats["frames_sent"], stats
+        rigs = [m for _, m in viewer.received.rig]
+        assert rigs and sum(bool(m["late"]) for m in rigs) <= 0.1 * len(rigs)
+    finally:
+        await viewer.close()
+        await publisher.close()
+
+
 async def test_viewers_of_a_presenter_and_the_end_of_a_stream(server: AvatarServer) -> None:
     """A presenter's mic session can be watched; an unknown stream is refused; when a stream ends,
     its viewers are told and everything of both is gone."""

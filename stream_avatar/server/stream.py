@@ -11,7 +11,8 @@ of viewers; and the stream driven by raw PCM over a WebSocket (TTS, voice agents
   (real time) or in bursts (a sentence at once): it waits in a bounded buffer (``MAX_BUFFERED_S``) and
   is fed to the engine at real time (``LEAD_S`` ahead of the clock: the driver's lookahead), so the
   playout never receives frames faster than it ticks. Between utterances, or when paced audio runs
-  late by more than ``media.MIC_GAP_S``, silence is fed so the face keeps its idle life.
+  late by more than ``media.MIC_GAP_S``, silence is fed the same way (``LEAD_S`` ahead) so the face
+  keeps its idle life and every frame is ready at its tick.
 
 Playback accounting: every sample fed to the engine (speech and silence) has a position on one
 timeline (16 kHz samples since the last reset); every frame the playout hands out (or drops unseen)
@@ -356,6 +357,11 @@ class PcmStream(Endpoint):
                 if utt.start is None:  # an utterance without audio
                     utt.start = self._fed
                 utt.end = self._fed
+        if not self._buffer and budget > 0 and now - self._last_speech_fed >= MIC_GAP_S:
+            # Idle (between utterances, or paced audio late): silence at the same lead as speech, so
+            # the engine makes every idle frame before its tick. Fed only when a tick had starved, each
+            # idle frame came after its tick: every other tick of an idle stream was a late one.
+            self._push(np.zeros(budget, np.float32))
 
     async def _feed_loop(self) -> None:
         while True:
