@@ -11,8 +11,8 @@ of viewers; and the stream driven by raw PCM over a WebSocket (TTS, voice agents
   (real time) or in bursts (a sentence at once): it waits in a bounded buffer (``MAX_BUFFERED_S``) and
   is fed to the engine at real time (``LEAD_S`` ahead of the clock: the driver's lookahead), so the
   playout never receives frames faster than it ticks. Between utterances, or when paced audio runs
-  late by more than ``media.MIC_GAP_S``, silence is fed the same way (``LEAD_S`` ahead) so the face
-  keeps its idle life and every frame is ready at its tick.
+  late by more than ``media.MIC_GAP_S``, silence is fed as time passes (``IDLE_LEAD_S`` ahead) so the
+  face keeps its idle life and every frame is ready at its tick.
 
 Playback accounting: every sample fed to the engine (speech and silence) has a position on one
 timeline (16 kHz samples since the last reset); every frame the playout hands out (or drops unseen)
@@ -53,6 +53,10 @@ logger = logging.getLogger(__name__)
 MAX_BUFFERED_S = 60.0  # PCM waiting to be played; more is refused (``too_much_audio``), never dropped
 LEAD_S = 0.04  # audio is fed this far ahead of real time (the learned driver's lookahead)
 FEED_INTERVAL_S = 0.01
+# Silence between utterances runs this far ahead of real time: one feed round, so it flows without
+# gaps, and no more: the next utterance waits behind whatever silence is queued (at LEAD_S, 40 ms,
+# PCM → viewer p50 was 13 ms above the microphone path's; at one round, level with it).
+IDLE_LEAD_S = FEED_INTERVAL_S
 STATS_INTERVAL_S = 1.0
 VIDEO_QUEUE = 2
 AUDIO_QUEUE = 8
@@ -357,11 +361,12 @@ class PcmStream(Endpoint):
                 if utt.start is None:  # an utterance without audio
                     utt.start = self._fed
                 utt.end = self._fed
-        if not self._buffer and budget > 0 and now - self._last_speech_fed >= MIC_GAP_S:
-            # Idle (between utterances, or paced audio late): silence at the same lead as speech, so
-            # the engine makes every idle frame before its tick. Fed only when a tick had starved, each
-            # idle frame came after its tick: every other tick of an idle stream was a late one.
-            self._push(np.zeros(budget, np.float32))
+        idle = int((now + IDLE_LEAD_S - max(self._due, now)) * SAMPLE_RATE_HZ)
+        if not self._buffer and idle > 0 and now - self._last_speech_fed >= MIC_GAP_S:
+            # Idle (between utterances, or paced audio late): silence as time passes, so the engine
+            # makes idle frames at a steady rate, each before its tick. (Fed only when a tick had
+            # starved, each idle frame came after its tick: every other idle tick was a late one.)
+            self._push(np.zeros(idle, np.float32))
 
     async def _feed_loop(self) -> None:
         while True:
