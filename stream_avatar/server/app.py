@@ -442,7 +442,7 @@ class AvatarServer:
         except BaseException:
             await stream.close()
             raise
-        if not protocol.AVATAR_ID.match(avatar):
+        if not protocol.AVATAR_ID.fullmatch(avatar):
             await send(protocol.error_message("unknown_avatar", "avatar must be an enrolled id or default"))
             await stream.close()
             await ws.close()
@@ -520,7 +520,7 @@ class AvatarServer:
 
     def _stream_name(self, request: web.Request) -> str:
         name = request.match_info["stream"]
-        if not whip.STREAM_NAME.match(name):
+        if not whip.STREAM_NAME.fullmatch(name):
             raise _http_error(
                 web.HTTPBadRequest, "bad_stream", "a stream id is 1-64 of the characters A-Z a-z 0-9 _ -"
             )
@@ -532,7 +532,7 @@ class AvatarServer:
         name = self._stream_name(request)
         sdp = await self._offer(request)
         avatar = request.query.get("avatar", self.default_avatar)
-        if not protocol.AVATAR_ID.match(avatar):
+        if not protocol.AVATAR_ID.fullmatch(avatar):
             raise _http_error(
                 web.HTTPBadRequest, "unknown_avatar", "avatar must be an enrolled id or default"
             )
@@ -655,7 +655,7 @@ class AvatarServer:
         kind = request.path.split("/", 2)[1]
         name, resource = request.match_info["stream"], request.match_info["resource"]
         found: WhipStream | WhepViewer | None = None
-        if whip.RESOURCE_ID.match(resource):
+        if whip.RESOURCE_ID.fullmatch(resource):
             if kind == "whip":
                 stream = self.whip_streams.get(name)
                 if stream is not None and hmac.compare_digest(stream.id, resource):
@@ -754,7 +754,7 @@ class AvatarServer:
         """Stop publishing a stream into Janus (the stream itself goes on)."""
         self._authorize(request)
         name, resource = request.match_info["stream"], request.match_info["resource"]
-        publisher = self.janus_publishers.get(resource) if whip.RESOURCE_ID.match(resource) else None
+        publisher = self.janus_publishers.get(resource) if whip.RESOURCE_ID.fullmatch(resource) else None
         if publisher is None or publisher.stream_id != name or publisher.closed:
             raise _http_error(web.HTTPNotFound, "unknown_session", "no such Janus publisher on this server")
         await publisher.aclose()

@@ -16,10 +16,9 @@ PROTOCOL_VERSION = 7
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_SDP_CHARS = 60 * 1024
 AVATAR_ID = re.compile(r"^(default|[0-9a-f]{16})$")
-STREAM_ID = re.compile(r"^[0-9a-f]{12}$")  # Session / PcmStream ids: secrets.token_hex(6)
 # What a viewer may name to watch: a session's or PCM stream's id, or a WHIP stream's name (chosen by
 # its publisher). Letters, digits, ``_`` and ``-`` only: safe in URLs, logs and task names.
-STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch only (``$`` would let a final newline in)
 # ``emotion_ref``: a short face clip, at most this many bytes once decoded (a few seconds of 720p WebM
 # or MP4 from a phone or MediaRecorder is 1-4 MiB). Its base64 text is 4/3 of that, and only this
 # message type may exceed MAX_MESSAGE_BYTES (up to MAX_REFERENCE_MESSAGE_BYTES).
@@ -70,13 +69,13 @@ def parse(raw: str | bytes) -> dict[str, Any]:
         if not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > MAX_SDP_CHARS:
             raise ProtocolError("bad_field", '"offer" needs "sdp": an SDP text starting with "v=0"')
         watch = msg.get("watch")
-        if watch is not None and (not isinstance(watch, str) or not STREAM_NAME.match(watch)):
+        if watch is not None and (not isinstance(watch, str) or not STREAM_NAME.fullmatch(watch)):
             raise ProtocolError(
                 "bad_field", '"watch" must name a stream: its id from its hello, or a WHIP stream\'s name'
             )
     elif kind == "avatar":
         avatar = msg.get("avatar")
-        if not isinstance(avatar, str) or not AVATAR_ID.match(avatar):
+        if not isinstance(avatar, str) or not AVATAR_ID.fullmatch(avatar):
             raise ProtocolError("bad_field", '"avatar" needs "avatar": an enrolled avatar id or "default"')
     elif kind == "emotion":
         msg["weights"] = _emotion_weights(msg)
@@ -167,7 +166,7 @@ def parse_pcm(raw: str) -> dict[str, Any]:
                 "bad_field", f'"utterance" needs "sample_rate": one of {", ".join(map(str, PCM_RATES_HZ))}'
             )
         uid = msg.get("id")
-        if uid is not None and (not isinstance(uid, str) or not UTTERANCE_ID.match(uid)):
+        if uid is not None and (not isinstance(uid, str) or not UTTERANCE_ID.fullmatch(uid)):
             raise ProtocolError("bad_field", '"id" must be 1-64 characters of A-Z a-z 0-9 _ . : -')
     elif kind == "emotion":
         msg["weights"] = _emotion_weights(msg)
