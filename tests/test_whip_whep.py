@@ -267,6 +267,15 @@ async def test_malformed_requests_get_clear_errors_and_leave_nothing_running(
     status, body = await post("/whip/studio", await offer(pc))
     assert status == 400 and "audio" in body["message"], body
     await pc.close()
+    # An offer without its DTLS fingerprint or ICE credentials: 400 now, not a handshake failing later.
+    pc = RTCPeerConnection()
+    pc.addTransceiver(ToneTrack(), direction="sendonly")
+    good = await offer(pc)
+    await pc.close()
+    for drop, word in (("a=fingerprint", "fingerprint"), ("a=ice-ufrag", "ICE"), ("a=ice-pwd", "ICE")):
+        sdp = "".join(line + "\r\n" for line in good.splitlines() if not line.startswith(drop))
+        status, body = await post("/whip/studio", sdp)
+        assert status == 400 and body["code"] == "bad_offer" and word in body["message"], (drop, body)
     # Stream ids are validated; watching a stream that does not run is 404.
     for name in ("a.b", "x" * 65, "caf%C3%A9"):
         status, body = await post(f"/whip/{name}", "v=0\r\n")

@@ -31,7 +31,7 @@ import av
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.sdp import candidate_from_sdp
+from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from stream_avatar.emotion import facs as emotion_mod
 from stream_avatar.server import protocol
@@ -87,6 +87,15 @@ async def _apply_offer(pc: RTCPeerConnection, sdp: str) -> None:
         raise OfferError('an SDP offer starts with "v=0"')
     if len(sdp) > protocol.MAX_SDP_CHARS:
         raise OfferError(f"SDP offer of {len(sdp)} characters exceeds {protocol.MAX_SDP_CHARS}")
+    try:
+        described = SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc's parser raises ValueError and others for malformed SDP
+        raise OfferError(" ".join(f"cannot use this offer: {exc}".split())) from None
+    for media in described.media:
+        # aiortc takes an offer without a fingerprint and only its DTLS handshake fails, seconds
+        # later: a client is told now, with the reason.
+        if media.port and not (media.dtls and media.dtls.fingerprints):
+            raise OfferError(f"the {media.kind} m-line has no DTLS fingerprint (a=fingerprint)")
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
     except Exception as exc:  # aiortc raises ValueError and others for unusable SDP
