@@ -91,14 +91,16 @@ async def test_bursty_pcm_plays_at_real_time_to_a_watch_only_viewer(
     jaw = np.array([m["rig"]["jawOpen"] for _, m in rec.rig])
     assert rig_t.size > 50
 
-    # Lips move with the PCM: open in the bursts, shut in the pauses (placed from playback_started;
+    # Lips move with the PCM: open in the bursts, shut in the pauses (placed from playback_started,
+    # which comes with the frame carrying the first sample: up to one frame, 40 ms, before it plays;
     # the lips lead the sound by up to 80 ms: the driver's lookahead and coarticulation).
     scale = 1.0 / speech_bursts.sample_rate_hz
+    frame = 0.04
     in_speech, in_silence = [], []
     for (a, b), (_, next_a) in zip(speech_bursts.bursts, speech_bursts.silences[1:], strict=True):
         in_speech += jaw[(rig_t > t_start + a * scale + 0.2) & (rig_t < t_start + b * scale)].tolist()
         in_silence += jaw[
-            (rig_t > t_start + b * scale + 0.45) & (rig_t < t_start + next_a * scale - 0.1)
+            (rig_t > t_start + b * scale + 0.45) & (rig_t < t_start + next_a * scale - 0.1 - frame)
         ].tolist()
     assert len(in_speech) > 30 and len(in_silence) > 10
     assert np.mean(in_speech) > 0.2 and np.max(in_silence) < 0.08, (np.mean(in_speech), np.max(in_silence))
