@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
+import json
 import re
+import subprocess
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from fractions import Fraction
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -241,6 +245,124 @@ async def test_whip_publisher_drives_a_stream_that_whep_players_watch(
         await publisher.close()
     assert await wait_for(lambda: not endpoint_tasks() and not engine_threads())
     assert open_peer_connections() == 0
+
+
+def _setup(sdp: str) -> set[str]:
+    return set(re.findall(r"a=setup:(\w+)", sdp))
+
+
+@pytest.mark.parametrize(
+    ("offered", "answered"), [("actpass", "passive"), ("active", "passive"), ("passive", "active")]
+)
+async def test_answers_take_the_dtls_server_role_where_the_offer_leaves_it_open(
+    server: AvatarServer, http: aiohttp.ClientSession, offered: str, answered: str
+) -> None:
+    """An offer that leaves the DTLS role open (actpass, what every WHIP/WHEP client sends) is answered
+    passive: the server's ECDSA certificate serves, and RSA clients (GStreamer) find a shared cipher.
+    An offer that picks a role keeps it; every pairing connects."""
+    pc = RTCPeerConnection()
+    pc.addTransceiver(ToneTrack(), direction="sendonly")
+    sdp = (await offer(pc)).replace("a=setup:actpass", f"a=setup:{offered}")
+    try:
+        async with http.post(server.url + "/whip/roles", data=sdp, headers=SDP) as resp:
+            assert resp.status == 201, await resp.text()
+            answer, location = await resp.text(), resp.headers["Location"]
+        assert _setup(answer) == {answered}, answer
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        assert await wait_for(lambda: pc.connectionState == "connected", 10.0), pc.connectionState
+        assert await wait_for(lambda: server.whip_streams["roles"].audio_frames > 10, 5.0)
+        async with http.delete(server.url + location) as resp:
+            assert resp.status == 200
+    finally:
+        await pc.close()
+    assert await wait_for(lambda: not endpoint_tasks() and not engine_threads())
+
+
+GST_PEER = Path(__file__).with_name("gst_webrtc_peer.py")
+SYSTEM_PYTHON = "/usr/bin/python3"  # PyGObject and GStreamer come from Debian, not from pip
+
+
+@functools.cache
+def _gstreamer_missing() -> str | None:
+    """Why GStreamer's webrtcbin cannot run here (None: it can)."""
+    if not Path(SYSTEM_PYTHON).exists():
+        return f"no {SYSTEM_PYTHON}"
+    check = (
+        "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstWebRTC', '1.0'); "
+        "gi.require_version('GstSdp', '1.0'); from gi.repository import Gst; Gst.init(None); "
+        f"import sys; sys.path.insert(0, {str(GST_PEER.parent)!r}); import gst_webrtc_peer as p; "
+        "missing = [n for n in p.REQUIRED_ELEMENTS if Gst.ElementFactory.find(n) is None]; "
+        "print(' '.join(missing))"
+    )
+    run = subprocess.run([SYSTEM_PYTHON, "-c", check], capture_output=True, text=True, timeout=60)
+    if run.returncode != 0:
+        return "PyGObject / GStreamer typelibs missing: " + run.stderr.strip().splitlines()[-1]
+    if run.stdout.strip():
+        return "GStreamer elements missing: " + run.stdout.strip()
+    return None
+
+
+needs_gstreamer = pytest.mark.skipif(
+    _gstreamer_missing() is not None,
+    reason=f"GStreamer webrtcbin unavailable ({_gstreamer_missing()}): apt-get install python3-gi "
+    "gir1.2-gst-plugins-bad-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-nice",
+)
+
+
+async def gst_peer(mode: str, url: str, seconds: float) -> list[dict[str, Any]]:
+    """Run the GStreamer peer to its end; its JSON events."""
+    proc = await asyncio.create_subprocess_exec(
+        SYSTEM_PYTHON, str(GST_PEER), mode, url, str(seconds),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), seconds + 40.0)
+    events = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    assert proc.returncode == 0, (events, err.decode()[-2000:])
+    return events
+
+
+@needs_gstreamer
+async def test_gstreamer_webrtcbin_publishes_over_whip(
+    server: AvatarServer, http: aiohttp.ClientSession
+) -> None:
+    """GStreamer's WebRTC stack (that of whipsink) publishes a tone: it connects, the stream's engine
+    gets the audio (the fake face opens its mouth for an aiortc WHEP player), DELETE ends it."""
+    peer = asyncio.ensure_future(gst_peer("whip", server.url + "/whip/gst", 4.0))
+    player = Player()
+    try:
+        assert await wait_for(lambda: "gst" in server.whip_streams or peer.done(), 15.0)
+        assert not peer.done(), peer.result()
+        await player.watch(http, server.url + "/whep/gst")
+        assert await wait_for(lambda: server.whip_streams["gst"].audio_frames > 50, 10.0)
+        assert await wait_for(lambda: any(r > 200 for _, r in list(player.video)), 5.0), list(player.video)[
+            -5:
+        ]
+        events = await peer
+    finally:
+        await player.close()
+        if not peer.done():
+            peer.cancel()
+    assert {"event": "post", "status": 201} in events and {"event": "delete", "status": 200} in events
+    assert {"event": "connection", "state": "connected"} in events, events
+    assert await wait_for(lambda: not server.whip_streams and not endpoint_tasks() and not engine_threads())
+
+
+@needs_gstreamer
+async def test_gstreamer_webrtcbin_plays_over_whep(server: AvatarServer, http: aiohttp.ClientSession) -> None:
+    """GStreamer's WebRTC stack (that of whepsrc) watches a stream: it decodes the avatar's VP8 video
+    and Opus audio."""
+    publisher, location = await publish(http, server.url + "/whip/src")
+    try:
+        events = await gst_peer("whep", server.url + "/whep/src", 3.0)
+        decoded = next(e for e in events if e["event"] == "decoded")
+        assert decoded["video"] >= FPS and decoded["audio"] >= 50, events
+        assert {"event": "delete", "status": 200} in events
+        assert await wait_for(lambda: not server.whep_viewers)
+        async with http.delete(server.url + location) as resp:
+            assert resp.status == 200
+    finally:
+        await publisher.close()
+    assert await wait_for(lambda: not endpoint_tasks() and not engine_threads())
 
 
 async def test_malformed_requests_get_clear_errors_and_leave_nothing_running(

@@ -100,6 +100,26 @@ async def _apply_offer(pc: RTCPeerConnection, sdp: str) -> None:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
     except Exception as exc:  # aiortc raises ValueError and others for unusable SDP
         raise OfferError(" ".join(f"cannot use this offer: {exc}".split())) from None
+    if all(m.dtls is not None and m.dtls.role == "auto" for m in described.media if m.port):
+        answer_as_dtls_server(pc)
+
+
+def answer_as_dtls_server(pc: RTCPeerConnection) -> None:
+    """Make the answer say ``a=setup:passive`` where the offer left the DTLS role open (actpass).
+
+    aiortc answers ``active`` and then, as the DTLS client, offers only ECDHE-ECDSA cipher suites: a
+    client whose certificate is RSA (GStreamer's webrtcbin, and with it whipsink / whepsrc) has no
+    suite in common and the handshake fails ("no shared cipher"). As the DTLS server aiortc uses its
+    own ECDSA certificate, which every WebRTC stack can verify. RFC 5763 lets the answerer take either
+    role; aiortc has no public setting for it, so this sets its transports' private role the way its
+    own ``setRemoteDescription`` does for an offer that says ``active`` (a test checks it still
+    works). Call after ``setRemoteDescription`` of an offer whose m-lines all say ``actpass``, before
+    ``createAnswer``; an offer that says ``active`` or ``passive`` keeps aiortc's own answer.
+    """
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.receiver.transport
+        if transport is not None and getattr(transport, "_role", None) == "auto":
+            transport._set_role("server")
 
 
 # ------------------------------------------------------------------------------------- trickle ICE
