@@ -12,6 +12,7 @@ import json
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -295,3 +296,93 @@ async def test_a_pcm_stream_is_admitted_like_a_session_and_viewers_by_their_own_
         finally:
             await viewer.close()
             await publisher.close()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class _RecordingEngine:
+    """What PcmStream's feeder needs of an engine: push_audio (recorded) and the dropped-audio count."""
+
+    audio_dropped_s = 0.0
+
+    def __init__(self) -> None:
+        self.fed: list[np.ndarray] = []
+
+    def push_audio(self, samples: np.ndarray, rate: int) -> None:
+        assert rate == 16000
+        self.fed.append(np.array(samples, np.float32))
+
+
+def test_a_stalled_paced_sender_gets_its_latency_back_in_the_next_pauses() -> None:
+    """Paced PCM (20 ms messages) whose sender stalls 250 ms mid-utterance and then catches up: the
+    silence fed during the stall is owed, and quiet blocks of the following pauses are skipped until
+    it is made up: the backlog drains, every loud sample is still fed, in order, and a pause keeps at
+    least KEEP_PAUSE_S. Without a stall nothing is skipped."""
+    clock = _Clock()
+
+    async def no_engine(avatar: str) -> Any:
+        raise AssertionError("not started here")
+
+    stream = stream_mod.PcmStream(
+        lambda message: asyncio.sleep(0),
+        no_engine,
+        fps=25,
+        size=64,
+        latency_budget_ms=80,
+        emotion="neutral",
+        avatar_id="default",
+        clock=clock,
+    )
+    engine = _RecordingEngine()
+    stream.engine = engine  # type: ignore[assignment]
+    stream._due = clock.t
+    rng = np.random.default_rng(0)
+    # 300 ms "syllables" at -10 dBFS, 500 ms pauses of -60 dBFS room noise, eight times.
+    loud = rng.standard_normal(4800) * 0.3
+    quiet = rng.standard_normal(8000) * 0.001
+    audio = np.concatenate([np.concatenate([loud, quiet]) for _ in range(8)])
+    pcm = np.clip(np.rint(audio * 32767), -32768, 32767).astype(np.int16)
+    stream._on_utterance(16000, "u")
+    utt = stream._open
+    assert utt is not None
+    step = 320  # 20 ms
+    stall = range(int(2.4 * 16000) // step, int(2.65 * 16000) // step)  # 250 ms inside a pause
+    backlog_after_stall = None
+    for i, start in enumerate(range(0, pcm.size, step)):
+        for _ in range(2):  # the feeder runs every 10 ms
+            clock.t += 0.01
+            stream._feed()
+        if i in stall:
+            continue
+        if i == stall.stop:  # the sender catches up: everything it missed at once
+            for j in stall:
+                stream._on_pcm(pcm[j * step : (j + 1) * step])
+            backlog_after_stall = stream._buffered
+        stream._on_pcm(pcm[start : start + step])
+        if i == stall.start - 1:
+            assert utt.skipped == 0 and stream._debt == 0  # no underrun yet: nothing skipped
+    assert backlog_after_stall is not None and backlog_after_stall > 0.1 * 16000
+    owed = utt.skipped + stream._debt
+    assert 0.1 * 16000 < owed < 0.3 * 16000, owed  # the silence fed during the stall
+    assert stream._debt == 0 and stream._buffered <= step, (stream._debt, stream._buffered)
+    # The played duration counts the utterance's own audio: at the end of the fed timeline, all of
+    # it (the silence of the stall not, the skipped pause blocks yes).
+    assert utt.played_ms(stream._fed) == pytest.approx(1000.0 * utt.samples / 16000, abs=0.1)
+    assert stream._fed - utt.start < utt.samples  # the timeline itself is shorter: the debt was paid
+    # Every loud sample was fed, in order; only pause blocks were skipped.
+    fed = np.concatenate(engine.fed)
+    norm = pcm.astype(np.float32) / 32768.0
+    loud_fed = fed[np.abs(fed) > 0.02]
+    loud_sent = norm[np.abs(norm) > 0.02]
+    assert np.array_equal(loud_fed, loud_sent)
+    # The pause after the stall kept at least KEEP_PAUSE_S: no loud sample follows another loud one
+    # across a shortened pause with less than that between them.
+    runs = np.flatnonzero(np.abs(fed) > 0.02)
+    gaps = np.diff(runs)
+    assert gaps[gaps > 1600].min() >= stream_mod.KEEP_PAUSE_S * 16000

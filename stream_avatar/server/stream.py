@@ -14,6 +14,16 @@ of viewers; and the stream driven by raw PCM over a WebSocket (TTS, voice agents
   late by more than ``media.MIC_GAP_S``, silence is fed as time passes (``IDLE_LEAD_S`` ahead) so the
   face keeps its idle life and every frame is ready at its tick.
 
+Underruns: when an open utterance's audio runs out (the sender or the network stalled), the time
+nothing was fed and the silence fed after ``MIC_GAP_S`` push all of its later audio back, and a paced
+sender that then catches up would keep that extra latency to the end (measured: +22 ms p50 over 90
+bursts at 512², where a few stalls had added 70 ms). So the stream owes that time (``_debt``): while
+it does, quiet 10 ms blocks at the head of the buffer (``QUIET_DB`` below the utterance's loudest
+block so far) are skipped once a pause has already played ``KEEP_PAUSE_S``. Pauses get shorter until
+the latency is back to the sender's pace; no speech is dropped, and short gaps inside speech are
+never touched. The played duration counts the utterance's own audio (skipped blocks as played,
+underrun silence not).
+
 Playback accounting: every sample fed to the engine (speech and silence) has a position on one
 timeline (16 kHz samples since the last reset); every frame the playout hands out (or drops unseen)
 advances the played position by one frame of samples. An utterance has started playing when the
@@ -34,7 +44,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -57,6 +67,12 @@ FEED_INTERVAL_S = 0.01
 # gaps, and no more: the next utterance waits behind whatever silence is queued (at LEAD_S, 40 ms,
 # PCM → viewer p50 was 13 ms above the microphone path's; at one round, level with it).
 IDLE_LEAD_S = FEED_INTERVAL_S
+# Underrun recovery (module docstring): a block this far below the utterance's loudest is quiet, and a
+# pause keeps at least this much of itself.
+QUIET_DB = 40.0
+KEEP_PAUSE_S = 0.08
+BLOCK = SAMPLE_RATE_HZ // 100  # 10 ms
+MAX_EDITS = 4096  # underrun edits remembered per utterance (for its played duration), bounded
 STATS_INTERVAL_S = 1.0
 VIDEO_QUEUE = 2
 AUDIO_QUEUE = 8
@@ -153,11 +169,20 @@ class Utterance:
     end: int | None = None  # timeline position after its last sample, once all fed
     started: bool = False  # playback_started sent
     queued: int = 0  # its samples still waiting in the buffer
+    peak_rms: float = 0.0  # loudest 10 ms block fed so far (what "quiet" is measured against)
+    quiet_run: int = 0  # quiet samples fed since its last loud block (the pause playing now)
+    skipped: int = 0  # quiet samples skipped to make up for underruns
+    # Underrun edits of its stretch of the timeline, (timeline position, samples): silence fed inside
+    # it (positive) and its quiet blocks skipped (negative), so the played duration counts its own audio.
+    edits: list[tuple[int, int]] = field(default_factory=list)
 
     def played_ms(self, position: int) -> float:
         if self.start is None:
             return 0.0
-        return max(0.0, min(position - self.start, self.samples)) * 1000.0 / SAMPLE_RATE_HZ
+        own = position - self.start
+        for at, n in self.edits:
+            own -= min(n, max(0, position - at)) if n > 0 else (n if position >= at else 0)
+        return max(0.0, min(own, self.samples)) * 1000.0 / SAMPLE_RATE_HZ
 
 
 @dataclass
@@ -202,6 +227,7 @@ class PcmStream(Endpoint):
         self._last_speech_fed = -1e9
         self._buffer: deque[_Chunk] = deque()
         self._buffered = 0  # samples in _buffer
+        self._debt = 0  # silence fed during underruns, not yet made up by skipping quiet blocks
         self._open: Utterance | None = None  # the utterance binary messages belong to
         self._utterances: deque[Utterance] = deque()  # not finished yet, in order
         self._speaking = False
@@ -329,6 +355,10 @@ class PcmStream(Endpoint):
     def _push(self, samples: np.ndarray) -> None:
         assert self.engine is not None
         now = self._clock()
+        utt = self._open
+        if now > self._due and utt is not None and utt.start is not None:
+            # Nothing was fed for a while inside an utterance: what follows plays that much later.
+            self._debt += round((now - self._due) * SAMPLE_RATE_HZ)
         self._due = max(self._due, now)  # after a gap, pace from now: never a burst
         with contextlib.suppress(RuntimeError):  # closing
             self.engine.push_audio(samples, SAMPLE_RATE_HZ)
@@ -341,13 +371,18 @@ class PcmStream(Endpoint):
             return
         now = self._clock()
         budget = int((now + LEAD_S - max(self._due, now)) * SAMPLE_RATE_HZ)
-        while self._buffer and budget > 0:
+        while self._buffer:
             chunk = self._buffer[0]
             utt = chunk.utterance
-            take = chunk.samples[:budget]
+            if self._debt > 0:
+                self._skip_quiet(chunk)  # whatever the budget: skipping is how a backlog catches up
+            if budget <= 0 and chunk.samples.size:
+                break
+            take = chunk.samples[: max(budget, 0)]
             if take.size:
                 if utt.start is None:
                     utt.start = self._fed
+                self._track_level(utt, take)
                 self._push(take)
                 self._last_speech_fed = now
                 budget -= take.size
@@ -366,7 +401,53 @@ class PcmStream(Endpoint):
             # Idle (between utterances, or paced audio late): silence as time passes, so the engine
             # makes idle frames at a steady rate, each before its tick. (Fed only when a tick had
             # starved, each idle frame came after its tick: every other idle tick was a late one.)
-            self._push(np.zeros(idle, np.float32))
+            self._push_silence(idle)
+
+    def _push_silence(self, n: int) -> None:
+        """Silence on the timeline; inside an open utterance that has begun it is an underrun, owed."""
+        utt = self._open
+        if utt is not None and utt.start is not None:
+            self._debt += n
+            if len(utt.edits) < MAX_EDITS:
+                utt.edits.append((self._fed, n))
+        elif self._open is None:
+            self._debt = 0  # nothing is waiting behind it: no latency to make up
+        self._push(np.zeros(n, np.float32))
+
+    def _track_level(self, utt: Utterance, samples: np.ndarray) -> None:
+        """Update the utterance's loudest block and its current quiet run with samples about to be fed."""
+        n = samples.size // BLOCK
+        if n == 0:
+            return
+        rms = np.sqrt(np.mean(np.square(samples[: n * BLOCK].reshape(n, BLOCK), dtype=np.float64), axis=1))
+        utt.peak_rms = max(utt.peak_rms, float(rms.max()))
+        quiet = rms < utt.peak_rms * 10.0 ** (-QUIET_DB / 20.0)
+        loud = np.flatnonzero(~quiet)
+        utt.quiet_run = (n - 1 - int(loud[-1])) * BLOCK if loud.size else utt.quiet_run + n * BLOCK
+
+    def _skip_quiet(self, chunk: _Chunk) -> None:
+        """Make up underrun debt: drop quiet 10 ms blocks at the head of ``chunk`` while the pause
+        they belong to has already played ``KEEP_PAUSE_S`` (module docstring)."""
+        utt = chunk.utterance
+        if utt.peak_rms <= 0.0:
+            return  # nothing loud yet: quiet cannot be told from the utterance's own level
+        threshold = utt.peak_rms * 10.0 ** (-QUIET_DB / 20.0)
+        keep = round(KEEP_PAUSE_S * SAMPLE_RATE_HZ)
+        drop = 0
+        samples = chunk.samples
+        while self._debt - drop >= BLOCK and samples.size - drop >= BLOCK and utt.quiet_run >= keep:
+            block = samples[drop : drop + BLOCK]
+            if float(np.sqrt(np.mean(np.square(block, dtype=np.float64)))) >= threshold:
+                break
+            drop += BLOCK
+        if drop:
+            chunk.samples = samples[drop:]
+            utt.queued -= drop
+            utt.skipped += drop
+            if len(utt.edits) < MAX_EDITS:
+                utt.edits.append((self._fed, -drop))
+            self._buffered -= drop
+            self._debt -= drop
 
     async def _feed_loop(self) -> None:
         while True:
@@ -378,7 +459,7 @@ class PcmStream(Endpoint):
         silence so frames keep coming and the idle life keeps the face moving."""
         if self.engine is None or self._buffer or self._clock() - self._last_speech_fed < MIC_GAP_S:
             return
-        self._push(np.zeros(round(seconds * SAMPLE_RATE_HZ), np.float32))
+        self._push_silence(round(seconds * SAMPLE_RATE_HZ))
 
     # ------------------------------------------------------------------------------ playback
 
@@ -438,6 +519,7 @@ class PcmStream(Endpoint):
         self._open = None
         self._buffer.clear()
         self._buffered = 0
+        self._debt = 0
         finished = []
         while self._utterances:
             utt = self._utterances.popleft()
