@@ -227,7 +227,7 @@ class PcmStream(Endpoint):
         self._last_speech_fed = -1e9
         self._buffer: deque[_Chunk] = deque()
         self._buffered = 0  # samples in _buffer
-        self._debt = 0  # silence fed during underruns, not yet made up by skipping quiet blocks
+        self._debt = 0  # underrun time (starved, then silence), not yet made up by skipping quiet blocks
         self._open: Utterance | None = None  # the utterance binary messages belong to
         self._utterances: deque[Utterance] = deque()  # not finished yet, in order
         self._speaking = False
@@ -356,7 +356,7 @@ class PcmStream(Endpoint):
         assert self.engine is not None
         now = self._clock()
         utt = self._open
-        if now > self._due and utt is not None and utt.start is not None:
+        if now > self._due and utt is not None and utt.start is not None and utt.start < self._fed:
             # Nothing was fed for a while inside an utterance: what follows plays that much later.
             self._debt += round((now - self._due) * SAMPLE_RATE_HZ)
         self._due = max(self._due, now)  # after a gap, pace from now: never a burst
