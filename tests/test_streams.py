@@ -371,6 +371,7 @@ def test_a_stalled_paced_sender_gets_its_latency_back_in_the_next_pauses() -> No
     owed = utt.skipped + stream._debt
     assert 0.1 * 16000 < owed < 0.3 * 16000, owed  # the silence fed during the stall
     assert stream._debt == 0 and stream._buffered <= step, (stream._debt, stream._buffered)
+    assert stream._skipped_total == utt.skipped
     # The played duration counts the utterance's own audio: at the end of the fed timeline, all of
     # it (the silence of the stall not, the skipped pause blocks yes).
     assert utt.played_ms(stream._fed) == pytest.approx(1000.0 * utt.samples / 16000, abs=0.1)

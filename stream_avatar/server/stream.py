@@ -228,6 +228,7 @@ class PcmStream(Endpoint):
         self._buffer: deque[_Chunk] = deque()
         self._buffered = 0  # samples in _buffer
         self._debt = 0  # underrun time (starved, then silence), not yet made up by skipping quiet blocks
+        self._skipped_total = 0  # quiet samples skipped to make up underruns, over the stream's life
         self._open: Utterance | None = None  # the utterance binary messages belong to
         self._utterances: deque[Utterance] = deque()  # not finished yet, in order
         self._speaking = False
@@ -448,6 +449,7 @@ class PcmStream(Endpoint):
                 utt.edits.append((self._fed, -drop))
             self._buffered -= drop
             self._debt -= drop
+            self._skipped_total += drop
 
     async def _feed_loop(self) -> None:
         while True:
@@ -551,6 +553,8 @@ class PcmStream(Endpoint):
                     "frames_sent": ticks,
                     "late_frames": playout.late_frames if playout is not None else 0,
                     "buffered_ms": round(self._buffered * 1000.0 / SAMPLE_RATE_HZ, 1),
+                    "owed_ms": round(self._debt * 1000.0 / SAMPLE_RATE_HZ, 1),
+                    "skipped_ms": round(self._skipped_total * 1000.0 / SAMPLE_RATE_HZ, 1),
                     "viewers": len(self.broadcast.viewers),
                 }
             )
