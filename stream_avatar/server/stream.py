@@ -155,6 +155,12 @@ def rig_message(k: int, pts_s: float, shown: OutputItem, late: bool) -> str:
 # ----------------------------------------------------------------------------------- PCM ingest
 
 
+def _block_rms(samples: np.ndarray) -> np.ndarray:
+    """RMS of each whole 10 ms block of ``samples`` (a partial last block is left out)."""
+    n = samples.size // BLOCK
+    return np.sqrt(np.mean(np.square(samples[: n * BLOCK].reshape(n, BLOCK), dtype=np.float64), axis=1))
+
+
 @dataclass(eq=False)
 class Utterance:
     """One utterance of PCM: where it lies on the fed timeline, and what was reported of it."""
@@ -175,6 +181,11 @@ class Utterance:
     # Underrun edits of its stretch of the timeline, (timeline position, samples): silence fed inside
     # it (positive) and its quiet blocks skipped (negative), so the played duration counts its own audio.
     edits: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def quiet_level(self) -> float:
+        """RMS under which a 10 ms block of it is quiet (``QUIET_DB`` below its loudest so far)."""
+        return self.peak_rms * 10.0 ** (-QUIET_DB / 20.0)
 
     def played_ms(self, position: int) -> float:
         if self.start is None:
@@ -411,38 +422,32 @@ class PcmStream(Endpoint):
             self._debt += n
             if len(utt.edits) < MAX_EDITS:
                 utt.edits.append((self._fed, n))
-        elif self._open is None:
+        elif utt is None:
             self._debt = 0  # nothing is waiting behind it: no latency to make up
         self._push(np.zeros(n, np.float32))
 
     def _track_level(self, utt: Utterance, samples: np.ndarray) -> None:
         """Update the utterance's loudest block and its current quiet run with samples about to be fed."""
-        n = samples.size // BLOCK
-        if n == 0:
+        rms = _block_rms(samples)
+        if rms.size == 0:
             return
-        rms = np.sqrt(np.mean(np.square(samples[: n * BLOCK].reshape(n, BLOCK), dtype=np.float64), axis=1))
         utt.peak_rms = max(utt.peak_rms, float(rms.max()))
-        quiet = rms < utt.peak_rms * 10.0 ** (-QUIET_DB / 20.0)
-        loud = np.flatnonzero(~quiet)
+        loud = np.flatnonzero(rms >= utt.quiet_level)
+        n = rms.size
         utt.quiet_run = (n - 1 - int(loud[-1])) * BLOCK if loud.size else utt.quiet_run + n * BLOCK
 
     def _skip_quiet(self, chunk: _Chunk) -> None:
         """Make up underrun debt: drop quiet 10 ms blocks at the head of ``chunk`` while the pause
         they belong to has already played ``KEEP_PAUSE_S`` (module docstring)."""
         utt = chunk.utterance
-        if utt.peak_rms <= 0.0:
-            return  # nothing loud yet: quiet cannot be told from the utterance's own level
-        threshold = utt.peak_rms * 10.0 ** (-QUIET_DB / 20.0)
-        keep = round(KEEP_PAUSE_S * SAMPLE_RATE_HZ)
-        drop = 0
-        samples = chunk.samples
-        while self._debt - drop >= BLOCK and samples.size - drop >= BLOCK and utt.quiet_run >= keep:
-            block = samples[drop : drop + BLOCK]
-            if float(np.sqrt(np.mean(np.square(block, dtype=np.float64)))) >= threshold:
-                break
-            drop += BLOCK
+        # Nothing loud yet: quiet cannot be told from the utterance's own level.
+        if utt.peak_rms <= 0.0 or utt.quiet_run < round(KEEP_PAUSE_S * SAMPLE_RATE_HZ):
+            return
+        n = min(self._debt, chunk.samples.size) // BLOCK
+        loud = np.flatnonzero(_block_rms(chunk.samples[: n * BLOCK]) >= utt.quiet_level)
+        drop = (int(loud[0]) if loud.size else n) * BLOCK
         if drop:
-            chunk.samples = samples[drop:]
+            chunk.samples = chunk.samples[drop:]
             utt.queued -= drop
             utt.skipped += drop
             if len(utt.edits) < MAX_EDITS:
