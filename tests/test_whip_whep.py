@@ -330,7 +330,8 @@ async def test_gstreamer_webrtcbin_publishes_over_whip(
     peer = asyncio.ensure_future(gst_peer("whip", server.url + "/whip/gst", 4.0))
     player = Player()
     try:
-        assert await wait_for(lambda: "gst" in server.whip_streams or peer.done(), 15.0)
+        # Watchable once its answer is made (the name is taken earlier, while its engine is built).
+        assert await wait_for(lambda: server.find_stream("gst") is not None or peer.done(), 15.0)
         assert not peer.done(), peer.result()
         await player.watch(http, server.url + "/whep/gst")
         assert await wait_for(lambda: server.whip_streams["gst"].audio_frames > 50, 10.0)
