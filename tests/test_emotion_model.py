@@ -13,10 +13,13 @@ from stream_avatar.emotion import facs
 from stream_avatar.emotion.features import SAMPLES_PER_FRAME, TOKEN_DIM, FrameTokens, clip_tokens
 from stream_avatar.emotion.inference import (
     CONFIDENT_P,
+    UNIFORM_NEUTRAL,
+    VOICE_PRIOR_NEUTRAL,
     EmotionModel,
     EmotionStream,
     Estimate,
     clip_estimates,
+    prior_with_neutral,
 )
 from stream_avatar.emotion.model import Discriminator, EmotionConfig, EmotionNet
 from stream_avatar.motion import rig
@@ -119,6 +122,46 @@ def test_checkpoint_round_trip(tmp_path) -> None:
     assert np.array_equal(model.discriminate(windows), again.discriminate(windows))
 
 
+def test_voice_prior_reweights_the_voice_only(tmp_path) -> None:
+    """The bank's posteriors (uniform training prior) re-weighted to the voice prior: p_i * prior_i,
+    renormalised; streaming and whole-clip agree with it; rigs (reference clips) keep the uniform
+    prior; the prior is saved in the config and read back; a bad share is refused."""
+    model = _random_model(6)
+    assert np.allclose(model.voice_prior, 0.125)  # no "inference" in the meta: the training prior
+    model.save(tmp_path, meta={"inference": {"voice_prior_neutral": 0.5}})
+    shifted = EmotionModel.load(tmp_path)
+    prior = shifted.voice_prior
+    assert (
+        prior[0] == pytest.approx(0.5)
+        and np.allclose(prior[1:], 0.5 / 7)
+        and prior.sum() == pytest.approx(1.0)
+    )
+    audio = _voiced(3.0, seed=7)
+    plain = clip_estimates(shifted, audio, prior=prior_with_neutral(UNIFORM_NEUTRAL))
+    voice = clip_estimates(shifted, audio)
+    assert any(e.probs[0] < 1.0 for e in plain)
+    for a, b in zip(plain, voice, strict=True):
+        expected = a.probs * prior / np.sum(a.probs * prior)
+        assert np.abs(b.probs - expected).max() < 1e-5
+        assert b.probs[0] >= a.probs[0] - 1e-6 and a.intensity == b.intensity
+    stream = EmotionStream(shifted)
+    got: list[Estimate] = []
+    for i in range(0, audio.size, 640):
+        got += stream.push(audio[i : i + 640])
+    assert max(float(np.abs(x.probs - y.probs).max()) for x, y in zip(got, voice, strict=True)) < 1e-4
+    rigs = np.random.default_rng(0).uniform(0, 0.5, (2, 30, rig.RIG_SIZE)).astype(np.float32)
+    a, b = model.estimate_windows(None, rigs), shifted.estimate_windows(None, rigs)
+    assert all(np.abs(x.probs - y.probs).max() < 1e-6 for x, y in zip(a, b, strict=True))
+    for bad in (0.0, 1.0, -0.2):
+        with pytest.raises(ValueError, match="prior share of neutral"):
+            prior_with_neutral(bad)
+
+
+def test_shipped_model_reads_the_voice_with_the_voice_prior(shipped: EmotionModel) -> None:
+    assert shipped.meta["inference"]["voice_prior_neutral"] == VOICE_PRIOR_NEUTRAL
+    assert shipped.voice_prior[0] == pytest.approx(VOICE_PRIOR_NEUTRAL)
+
+
 def test_estimate_shows_an_emotion_only_when_confident() -> None:
     probs = np.full(8, 0.125, np.float32)
     diffuse = Estimate(probs, 0.8, np.zeros(16), np.zeros(16))
@@ -141,6 +184,9 @@ def test_training_smoke_and_resume_equals_uninterrupted(tiny_dataset, tmp_path) 
     logs: list[str] = []
     full = train([tiny_dataset], tmp_path / "full", cfg, small, log=logs.append)
     assert (tmp_path / "full" / "model.safetensors").is_file()
+    saved = json.loads((tmp_path / "full" / "config.json").read_text())
+    assert saved["inference"] == {"voice_prior_neutral": VOICE_PRIOR_NEUTRAL}
+    assert full.voice_prior[0] == VOICE_PRIOR_NEUTRAL
     # Interrupted after 5 steps (a checkpoint), then resumed to the end.
     part = TrainConfig(**{**cfg.__dict__, "steps": 1})  # 4 + 1 = 5 steps: stops at the checkpoint
     train([tiny_dataset], tmp_path / "resumed", part, small, log=logs.append)

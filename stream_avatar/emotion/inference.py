@@ -19,6 +19,14 @@ are, for the page and the rig stream).
 
 ``clip_estimates(model, audio)`` runs the same windows on a whole clip at once (tests: streaming ==
 whole clip).
+
+The voice prior: the bank is trained on batches that draw the eight emotions equally often, so its
+probabilities are posteriors under a uniform prior. Live speech is mostly neutral: estimates from the
+voice are re-weighted to the model's ``voice_prior`` (``config.json`` → ``inference`` →
+``voice_prior_neutral``, the prior share of neutral; the other seven share the rest equally), the
+standard correction for a known shift of the class prior (posterior ∝ trained posterior × new prior
+/ training prior). Reference clips (the visual branch) and operator labels are read with the
+uniform prior: an operator or a clip chose to show an emotion.
 """
 
 from __future__ import annotations
@@ -81,6 +89,22 @@ class Estimate:
         return EMOTIONS[int(np.argmax(self.probs))]
 
 
+UNIFORM_NEUTRAL = 1.0 / len(EMOTIONS)  # the training prior: every emotion equally often
+# What a trained model's config gets: live speech (a support agent, a presenter, a narrator) is neutral
+# about half of the time, the rest any emotion. An assumption about use, not fitted to any test set;
+# `eval emotion` reports accuracy and the real-speech figures with both priors.
+VOICE_PRIOR_NEUTRAL = 0.5
+
+
+def prior_with_neutral(neutral: float) -> np.ndarray:
+    """(8,) prior over EMOTIONS: ``neutral`` for neutral, the rest shared equally by the other seven."""
+    if not 0.0 < neutral < 1.0:
+        raise ValueError(f"the prior share of neutral must be in (0, 1), got {neutral}")
+    prior = np.full(len(EMOTIONS), (1.0 - neutral) / (len(EMOTIONS) - 1), np.float64)
+    prior[0] = neutral
+    return prior
+
+
 def neutral_estimate(latent_dim: int) -> Estimate:
     probs = np.zeros(len(EMOTIONS), np.float32)
     probs[0] = 1.0
@@ -93,6 +117,8 @@ class EmotionModel:
         self.disc = disc.eval()
         self.config: EmotionConfig = net.cfg
         self.meta = dict(meta or {})
+        inference = self.meta.get("inference") or {}
+        self.voice_prior = prior_with_neutral(float(inference.get("voice_prior_neutral", UNIFORM_NEUTRAL)))
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike[str] | None = None) -> EmotionModel:
@@ -142,10 +168,15 @@ class EmotionModel:
 
     @torch.inference_mode()
     def estimate_windows(
-        self, audio: np.ndarray | None, rigs: np.ndarray | None = None, lengths: Sequence[int] | None = None
+        self,
+        audio: np.ndarray | None,
+        rigs: np.ndarray | None = None,
+        lengths: Sequence[int] | None = None,
+        prior: np.ndarray | None = None,
     ) -> list[Estimate]:
         """Windows (B, L ≤ window, TOKEN_DIM) audio and/or (B, L, RIG) rigs, right-aligned, the last
-        ``lengths[i]`` frames valid (default: all) → one Estimate each."""
+        ``lengths[i]`` frames valid (default: all) → one Estimate each. ``prior`` (8,): the class
+        prior the probabilities are re-weighted to (default: the training prior, uniform)."""
         cfg = self.config
         ref = audio if audio is not None else rigs
         assert ref is not None, "audio or rigs"
@@ -166,8 +197,10 @@ class EmotionModel:
             vm = torch.from_numpy(valid)
         mu, _ = self.net.embedder(a, am, v, vm)
         out = self.net.bank(mu)
-        probs = out.probs.numpy().astype(np.float32)
-        probs /= probs.sum(axis=1, keepdims=True)
+        probs = out.probs.numpy().astype(np.float64)
+        if prior is not None:
+            probs = probs * (np.asarray(prior, np.float64) * len(EMOTIONS))[None, :]
+        probs = (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
         return [
             Estimate(probs[i], float(out.intensity[i]), out.vector[i].numpy().copy(), mu[i].numpy().copy())
             for i in range(b)
@@ -200,8 +233,9 @@ def _voiced_enough(tokens: np.ndarray) -> bool:
 class EmotionStream:
     """Causal emotion for one stream (see the module docstring). Not thread-safe: one worker."""
 
-    def __init__(self, model: EmotionModel) -> None:
+    def __init__(self, model: EmotionModel, prior: np.ndarray | None = None) -> None:
         self.model = model
+        self.prior = model.voice_prior if prior is None else np.asarray(prior, np.float64)
         self.window = model.config.window_frames
         self.every = model.config.update_frames
         self.reset()
@@ -221,14 +255,16 @@ class EmotionStream:
             self._ring = np.concatenate([self._ring[-(self.window - 1) :], tok[None]])
             self._frames += 1
             if self._frames % self.every == 0 and _voiced_enough(self._ring):
-                self.estimate = self.model.estimate_windows(self._ring[None])[0]
+                self.estimate = self.model.estimate_windows(self._ring[None], prior=self.prior)[0]
                 self.updates += 1
             out.append(self.estimate)
         return out
 
 
-def clip_estimates(model: EmotionModel, audio: np.ndarray) -> list[Estimate]:
-    """Offline: the estimate an ``EmotionStream`` holds at every frame of a whole clip."""
+def clip_estimates(model: EmotionModel, audio: np.ndarray, prior: np.ndarray | None = None) -> list[Estimate]:
+    """Offline: the estimate an ``EmotionStream`` (with the same ``prior``; default the model's voice
+    prior) holds at every frame of a whole clip."""
+    prior = model.voice_prior if prior is None else np.asarray(prior, np.float64)
     tokens = clip_tokens(audio)
     cfg = model.config
     ends = [e for e in range(cfg.update_frames, tokens.shape[0] + 1, cfg.update_frames)]
@@ -243,7 +279,7 @@ def clip_estimates(model: EmotionModel, audio: np.ndarray) -> list[Estimate]:
         for length in sorted(by_len):
             es = by_len[length]
             batch = np.stack([tokens[e - length : e] for e in es])
-            for e, est in zip(es, model.estimate_windows(batch), strict=True):
+            for e, est in zip(es, model.estimate_windows(batch, prior=prior), strict=True):
                 results[e] = est
     current = neutral_estimate(cfg.latent_dim)
     out: list[Estimate] = []

@@ -4,7 +4,9 @@ Report (``benchmarks/results/emotion_eval.{json,md}`` + plots):
 
 - audio-only 8-class accuracy and confusion matrix on held-out speakers (``test_speaker``) and the
   held-out language (``test_language``), per synthesizer too. The prediction of an utterance is the
-  estimate in force at its last frame (the 2 s window before it, exactly what a stream shows then);
+  estimate in force at its last frame (the 2 s window before it, exactly what a stream shows then),
+  read with the training prior (uniform, as the balanced test sets are drawn) and, beside it, with
+  the model's voice prior (what a stream uses; see ``emotion.inference``);
 - the discriminator's accuracy on generated motion: the learned driver's mouth + idle life + the
   emotion layer driven by the inferred emotion (``auto``), in 1.6 s windows, against the utterance's
   label; beside it the discriminator on the data engine's own face tracks;
@@ -13,7 +15,7 @@ Report (``benchmarks/results/emotion_eval.{json,md}`` + plots):
   the window's mean audio tokens (how much speaker information the embedding removed);
 - the prototype similarity matrix of the bank (cosine between emotions' mean prototypes; plot);
 - on the real-speech set (neutral narration and prompts): the share of frames where a non-neutral
-  emotion dominates.
+  emotion dominates, with the voice prior (what a stream shows) and with the training prior.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from stream_avatar.emotion.facs import EMOTIONS
-from stream_avatar.emotion.inference import EmotionModel, clip_estimates
+from stream_avatar.emotion.inference import UNIFORM_NEUTRAL, EmotionModel, clip_estimates, prior_with_neutral
 from stream_avatar.motion import rig
 
 FPS = 25
@@ -95,16 +97,18 @@ def evaluate_emotion(
     probe_rows: list[tuple[str, np.ndarray, np.ndarray, int]] = []  # speaker, mu, mean tokens, utt
     for split in ("test_speaker", "test_language"):
         utts = _utterances(data_dirs, split, per_split)
-        ys, preds, groups = [], [], []
+        ys, preds, preds_voice, groups = [], [], [], []
+        uniform = prior_with_neutral(UNIFORM_NEUTRAL)
         disc_gen, disc_track, disc_op = [], [], []
         for i, utt in enumerate(utts):
             rec = utt.record
             y = EMOTIONS.index(rec.get("emotion", "neutral"))
-            est = clip_estimates(model, utt.audio)
+            est = clip_estimates(model, utt.audio, prior=uniform)
             if not est:
                 continue
             ys.append(y)
             preds.append(int(np.argmax(est[-1].probs)))
+            preds_voice.append(int(np.argmax(est[-1].probs * model.voice_prior)))
             groups.append(str(rec.get("synthesizer", "espeak")))
             if split == "test_speaker":
                 tokens = clip_tokens(utt.audio)
@@ -130,6 +134,9 @@ def evaluate_emotion(
         entry: dict[str, Any] = {
             "utterances": int(y_arr.size),
             "accuracy": round(float(np.mean(p_arr == y_arr)), 4) if y_arr.size else None,
+            "accuracy_voice_prior": round(float(np.mean(np.array(preds_voice) == y_arr)), 4)
+            if y_arr.size
+            else None,
             "per_synthesizer": per_synth,
             "confusion": _confusion(y_arr, p_arr),
         }
@@ -225,30 +232,30 @@ def _speaker_probe(rows: list[tuple[str, np.ndarray, np.ndarray, int]]) -> dict[
 
 
 def _real_neutral(model: EmotionModel) -> dict[str, Any]:
+    """Frames of the real-speech set (neutral) where a non-neutral emotion dominates, and where the
+    face shows one: with the model's voice prior (what a stream does) and with the training prior."""
     from stream_avatar.data import realspeech
 
     try:
         clips = realspeech.load_clips()
     except realspeech.MissingPackageError as exc:
         return {"skipped": str(exc)}
-    frames = 0
-    non_neutral = 0
-    shown = 0
-    counts = np.zeros(len(EMOTIONS), np.int64)
-    for c in clips:
-        for e in clip_estimates(model, np.asarray(c.audio16k, np.float32)):
-            k = int(np.argmax(e.probs))
-            counts[k] += 1
-            frames += 1
-            non_neutral += int(k != 0)
-            shown += int(e.shown != 0)
-    return {
-        "clips": len(clips),
-        "frames": frames,
-        "non_neutral_share": round(non_neutral / max(1, frames), 4),
-        "shown_non_neutral_share": round(shown / max(1, frames), 4),
-        "dominant_counts": {name: int(n) for name, n in zip(EMOTIONS, counts, strict=True)},
-    }
+    out: dict[str, Any] = {"clips": len(clips), "voice_prior_neutral": round(float(model.voice_prior[0]), 4)}
+    for key, prior in (("", model.voice_prior), ("_training_prior", prior_with_neutral(UNIFORM_NEUTRAL))):
+        frames = non_neutral = shown = 0
+        counts = np.zeros(len(EMOTIONS), np.int64)
+        for c in clips:
+            for e in clip_estimates(model, np.asarray(c.audio16k, np.float32), prior=prior):
+                k = int(np.argmax(e.probs))
+                counts[k] += 1
+                frames += 1
+                non_neutral += int(k != 0)
+                shown += int(e.shown != 0)
+        out["frames"] = frames
+        out[f"non_neutral_share{key}"] = round(non_neutral / max(1, frames), 4)
+        out[f"shown_non_neutral_share{key}"] = round(shown / max(1, frames), 4)
+        out[f"dominant_counts{key}"] = {name: int(n) for name, n in zip(EMOTIONS, counts, strict=True)}
+    return out
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path, name: str = "emotion_eval") -> list[Path]:
@@ -262,9 +269,10 @@ def write_report(report: dict[str, Any], out_dir: str | Path, name: str = "emoti
         "Audio only, the estimate at each utterance's last frame "
         f"({report['window_s']:.0f} s causal window).",
         "",
-        "| split | utterances | accuracy | per synthesizer | discriminator on generated motion (auto) "
-        "| on generated motion (label as operator) | on face tracks |",
-        "|---|---|---|---|---|---|---|",
+        "| split | utterances | accuracy (training prior) | accuracy (voice prior) | per synthesizer "
+        "| discriminator on generated motion (auto) | on generated motion (label as operator) "
+        "| on face tracks |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for split in ("test_speaker", "test_language"):
         e = report.get(split)
@@ -274,8 +282,10 @@ def write_report(report: dict[str, Any], out_dir: str | Path, name: str = "emoti
         d_gen = e.get("discriminator_generated", float("nan"))
         d_track = e.get("discriminator_tracks", float("nan"))
         d_op = e.get("discriminator_generated_operator", float("nan"))
+        acc_voice = e.get("accuracy_voice_prior", float("nan"))
         lines.append(
-            f"| {split} | {e['utterances']} | {e['accuracy']:.3f} | {synth} | {d_gen:.3f} | {d_op:.3f} "
+            f"| {split} | {e['utterances']} | {e['accuracy']:.3f} | {acc_voice:.3f} "
+            f"| {synth} | {d_gen:.3f} | {d_op:.3f} "
             f"| {d_track:.3f} |"
         )
     c = report.get("prosody_ceiling", {})
@@ -310,10 +320,18 @@ def write_report(report: dict[str, Any], out_dir: str | Path, name: str = "emoti
     if r and "non_neutral_share" in r:
         lines += [
             "",
-            f"Real neutral speech ({r['clips']} clips, {r['frames']} frames): "
-            "a non-neutral emotion dominates "
-            f"{100 * r['non_neutral_share']:.1f} % of frames ({r['dominant_counts']}); the face shows one "
-            f"(confident estimates only) in {100 * r['shown_non_neutral_share']:.1f} %.",
+            f"Real neutral speech ({r['clips']} clips, {r['frames']} frames), with the voice prior "
+            f"(neutral {r.get('voice_prior_neutral', 0.125):.2f}; what a stream shows): a non-neutral "
+            f"emotion dominates {100 * r['non_neutral_share']:.1f} % of frames ({r['dominant_counts']}); "
+            f"the face shows one (confident estimates only) in {100 * r['shown_non_neutral_share']:.1f} %.",
+        ]
+    if r and "non_neutral_share_training_prior" in r:
+        lines += [
+            "",
+            "The same with the training prior (uniform): a non-neutral emotion dominates "
+            f"{100 * r['non_neutral_share_training_prior']:.1f} % of frames "
+            f"({r['dominant_counts_training_prior']}); the face shows one in "
+            f"{100 * r['shown_non_neutral_share_training_prior']:.1f} %.",
         ]
     for split in ("test_speaker", "test_language"):
         e = report.get(split)

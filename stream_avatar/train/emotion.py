@@ -443,7 +443,7 @@ def train(
     """Train (or resume) into ``out_dir``; writes the final ``EmotionModel`` there; returns it.
 
     ``corpora``: CREMA-D / RAVDESS / MEAD folders added to the training clips (audio branch)."""
-    from stream_avatar.emotion.inference import EmotionModel
+    from stream_avatar.emotion.inference import VOICE_PRIOR_NEUTRAL, EmotionModel
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -553,15 +553,14 @@ def train(
             }
             save_checkpoint(out, {"net": net, "disc": disc}, opt, info)
     net.eval()
-    model = EmotionModel(net, disc)
-    model.save(
-        out,
-        meta={
-            "train": asdict(cfg),
-            "history": history,
-            "torch": torch.__version__,
-            "train_seconds": round(elapsed + time.perf_counter() - t0, 1),
-            **data_info,
-        },
-    )
+    meta = {
+        "train": asdict(cfg),
+        "inference": {"voice_prior_neutral": VOICE_PRIOR_NEUTRAL},
+        "history": history,
+        "torch": torch.__version__,
+        "train_seconds": round(elapsed + time.perf_counter() - t0, 1),
+        **data_info,
+    }
+    model = EmotionModel(net, disc, meta)
+    model.save(out)
     return model
