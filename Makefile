@@ -101,6 +101,7 @@ train-emotion: train-data emotion-data
 eval-emotion: install emotion-data
 	$(PY) -m stream_avatar eval emotion --data $(EMOTION_DATA) --out benchmarks/results
 	$(PY) benchmarks/bench_expression.py
+	$(PY) benchmarks/bench_reference.py
 
 clean:
 	rm -rf $(VENV) $(PIPECAT_VENV) build *.egg-info

@@ -5,6 +5,13 @@ Face Mesh + the inverse fitter), which is where the whole clip → emotion path 
 this module sees only rig coefficients, never a face's pixels or landmarks. Windows of 2 s every
 200 ms go through the embedder with the audio branch absent (trained with modality dropout) and the
 bank; their probabilities and intensities are averaged into operator-style weights.
+
+A clip's head pose is taken relative to its own median first: a constant pose is the camera's framing
+and the person's posture, not an expression. Fitted against a stand-in neutral face (a reference clip
+rarely has its own), a clip's framing reads as a large constant head offset (measured on clips
+rendered from the default portrait: headX at the fitter's -15 mm limit, roll -4°), which the
+embedder, trained on head movement around a resting pose at zero, read as "surprised" for every
+emotion but happy. Head movement (nods, tilts) stays.
 """
 
 from __future__ import annotations
@@ -25,7 +32,10 @@ def rig_emotion(model: object, rigs: np.ndarray) -> tuple[dict[str, float], dict
 
     assert isinstance(model, EmotionModel)
     cfg = model.config
-    rigs = np.asarray(rigs, np.float32).reshape(-1, rig.RIG_SIZE)
+    rigs = np.array(rigs, np.float32).reshape(-1, rig.RIG_SIZE)
+    if rigs.shape[0]:
+        k = rig.NUM_BLENDSHAPES
+        rigs[:, k:] -= np.median(rigs[:, k:], axis=0)
     w = min(cfg.window_frames, rigs.shape[0])
     ends = list(range(w, rigs.shape[0] + 1, cfg.update_frames)) or [rigs.shape[0]]
     windows = np.stack([rigs[e - w : e] for e in ends])
