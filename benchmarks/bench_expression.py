@@ -319,11 +319,24 @@ def contact_sheet(result: dict[str, Any], frames_dir: Path, path: Path) -> None:
     plt.close(fig)
 
 
+def add_portrait_args(ap: argparse.ArgumentParser) -> None:
+    """The portrait options this benchmark and ``bench_reference.py`` share."""
+    ap.add_argument("--sdist", type=Path, default=None, help=f"path to {SDIST} (Obama and Biden photos)")
+    ap.add_argument("--no-download", action="store_true", help="do not fetch the sdist with pip")
+
+
+def portraits_for(args: argparse.Namespace, tmp: Path, notes: list[str]) -> dict[str, Path]:
+    """The portraits under ``tmp`` (``build_portraits``); a note when the sdist's two are left out."""
+    sdist = _sdist(args.sdist, download=not args.no_download)
+    if sdist is None:
+        notes.append(f"Note: {SDIST} was not available, so the Obama and Biden portraits are left out.")
+    return build_portraits(tmp, sdist)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--sdist", type=Path, default=None, help=f"path to {SDIST} (Obama and Biden photos)")
-    ap.add_argument("--no-download", action="store_true", help="do not fetch the sdist with pip")
+    add_portrait_args(ap)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
 
@@ -331,10 +344,7 @@ def main() -> None:
     notes: list[str] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        sdist = _sdist(args.sdist, download=not args.no_download)
-        if sdist is None:
-            notes.append(f"Note: {SDIST} was not available, so the Obama and Biden portraits are left out.")
-        portraits = build_portraits(tmp, sdist)
+        portraits = portraits_for(args, tmp, notes)
         people = {k: v for k, v in PEOPLE.items() if k in portraits}
         result = evaluate_expressions(
             portraits, size=args.size, out_dir=tmp / "eval", people=people, consent=BENCH_CONSENT

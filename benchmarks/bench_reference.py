@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))
 
-from bench_expression import BENCH_CONSENT, RESULTS, SDIST, _sdist, build_portraits  # noqa: E402
+from bench_expression import BENCH_CONSENT, RESULTS, add_portrait_args, portraits_for  # noqa: E402
 
 from stream_avatar.emotion import facs  # noqa: E402
 
@@ -164,8 +164,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seconds", type=float, default=3.0, help="clip length (the visual window is 2 s)")
-    ap.add_argument("--sdist", type=Path, default=None, help=f"path to {SDIST} (Obama and Biden photos)")
-    ap.add_argument("--no-download", action="store_true", help="do not fetch the sdist with pip")
+    add_portrait_args(ap)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     if not 2.0 <= args.seconds <= 10.0:
@@ -174,10 +173,7 @@ def main() -> None:
     notes: list[str] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        sdist = _sdist(args.sdist, download=not args.no_download)
-        if sdist is None:
-            notes.append(f"Note: {SDIST} was not available, so the Obama and Biden portraits are left out.")
-        result = run(build_portraits(tmp, sdist), args.size, args.seconds, tmp)
+        result = run(portraits_for(args, tmp, notes), args.size, args.seconds, tmp)
     (args.out / "reference_clips.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     write_markdown(result, args.out / "reference_clips.md", notes)
     plot(result, args.out / "reference_clips.png")
