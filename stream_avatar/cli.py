@@ -92,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
             "branch) instead of --emotion",
         )
         p.add_argument(
+            "--emotion-ref-neutral",
+            default=None,
+            metavar="IMAGE",
+            help="with --emotion-ref: a photo of the clip's person at rest, to read their expression "
+            "against (default: the default portrait's face, against which a stranger's resting face "
+            "reads as an expression)",
+        )
+        p.add_argument(
             "--driver", default=None, choices=("learned", "dsp"), help="motion driver (default learned)"
         )
         p.add_argument("--device", default=None, help="render device: auto, cpu, cuda (default auto)")
@@ -410,12 +418,15 @@ def _config(args: argparse.Namespace) -> Config:
         "instance_id": None if args.command == "verify" else getattr(args, "instance_id", None),
     }
     ref = getattr(args, "emotion_ref", None)
+    ref_neutral = getattr(args, "emotion_ref_neutral", None)
+    if ref_neutral is not None and ref is None:
+        raise UserError("--emotion-ref-neutral needs --emotion-ref CLIP")
     if ref is not None:
         from stream_avatar.capture.reference import ReferenceError, clip_emotion
         from stream_avatar.emotion.facs import format_spec
 
         try:
-            weights = clip_emotion(ref)
+            weights = clip_emotion(ref, neutral_image=ref_neutral)
         except ReferenceError as exc:
             raise UserError(f"--emotion-ref: {exc}") from None
         logging.getLogger(__name__).info(

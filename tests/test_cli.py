@@ -255,6 +255,34 @@ def test_emotion_flag_and_config(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert_one_line_error(err, "intensity of happy")
 
 
+def test_emotion_ref_neutral_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"")
+    out = str(tmp_path / "o.mp4")
+    code, _, err = run_cli(
+        capsys, "render", "--audio", str(wav), "--out", out, "--emotion-ref-neutral", str(wav)
+    )
+    assert code == 2
+    assert_one_line_error(err, "--emotion-ref-neutral needs --emotion-ref")
+    clip, photo = tmp_path / "clip.mp4", tmp_path / "rest.png"
+    clip.write_bytes(b"")
+    photo.write_bytes(b"not a photo")
+    code, _, err = run_cli(
+        capsys,
+        "render",
+        "--audio",
+        str(wav),
+        "--out",
+        out,
+        "--emotion-ref",
+        str(clip),
+        "--emotion-ref-neutral",
+        str(photo),
+    )
+    assert code == 2
+    assert_one_line_error(err, "--emotion-ref", "neutral image", "not an image")
+
+
 def test_sheet_writes_a_contact_sheet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import cv2
 

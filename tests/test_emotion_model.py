@@ -303,6 +303,60 @@ def test_emotion_ref_on_a_rendered_clip_selects_its_emotion(
     assert list(weights) == ([] if emotion == "neutral" else [emotion]), weights
 
 
+def test_neutral_image_errors(tmp_path) -> None:
+    import cv2
+
+    from stream_avatar.capture.reference import ReferenceError, neutral_landmarks
+
+    with pytest.raises(ReferenceError, match=r"neutral image.*not an image"):
+        neutral_landmarks(b"GIF89a but not really")
+    blank = tmp_path / "wall.png"
+    cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
+    with pytest.raises(ReferenceError, match=r"neutral image wall\.png: no face found"):
+        neutral_landmarks(blank)
+    with pytest.raises(ReferenceError, match="neutral image"):
+        neutral_landmarks(tmp_path / "missing.jpg")
+
+
+@pytest.mark.slow
+def test_emotion_ref_neutral_reads_a_stranger_against_their_own_face(
+    shipped: EmotionModel, speech_16k, tmp_path
+) -> None:
+    """Hopper (closed mouth) rendered happy: against the default portrait's broadly smiling neutral face
+    her smile reads as no smile at all; against her own photo (``neutral_image``) it reads happy."""
+    import wave
+
+    from stream_avatar.avatar.store import AvatarStore
+    from stream_avatar.capture.reference import clip_emotion
+    from stream_avatar.config import WatermarkConfig
+    from stream_avatar.offline import render_file
+    from tests.fakes import TEST_CONSENT
+    from tests.test_portraits import _hopper
+
+    photo = _hopper(tmp_path)
+    avatar = AvatarStore(tmp_path / "store").enroll(photo, size=256, consent=TEST_CONSENT)
+    wav = tmp_path / "speech.wav"
+    pcm = np.clip(np.rint(np.asarray(speech_16k[: 16000 * 3]) * 32767), -32768, 32767).astype("<i2")
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm.tobytes())
+    mp4 = tmp_path / "happy.mp4"
+    render_file(
+        wav,
+        mp4,
+        avatar=avatar,
+        size=256,
+        progress=False,
+        emotion=facs.parse("happy:0.8"),
+        device="cpu",
+        watermark=WatermarkConfig(enabled=False),
+    )
+    assert list(clip_emotion(mp4, model=shipped, neutral_image=photo)) == ["happy"]
+    assert "happy" not in clip_emotion(mp4, model=shipped)
+
+
 def test_corpus_clips_train_the_audio_branch(tmp_path) -> None:
     """A CREMA-D folder (the reader's naming) becomes audio-only clips with the corpus's labels."""
     import wave

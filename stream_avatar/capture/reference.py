@@ -7,10 +7,13 @@ The result is operator-style weights (``{"happy": 0.8}``; ``{}`` for neutral), w
 applies like a chosen emotion (``engine.set_emotion``, the CLI's ``--emotion-ref``, the server's
 ``emotion_ref`` message).
 
-The fit needs the person's neutral face; a reference clip rarely has one, so the default portrait's
-neutral landmarks stand in (the similarity and pose of the fit absorb size, position and turn).
-Differences in face shape then read as a small constant expression; the embedder was trained on rigs
-scaled and noised for that. Only the first ``MAX_SECONDS`` are read.
+The fit needs the person's neutral face. Given a photo of the clip's person at rest
+(``neutral_image``; the CLI's ``--emotion-ref-neutral``), the clip is fitted against that face;
+otherwise the default portrait's neutral landmarks stand in (the similarity and pose of the fit absorb
+size, position and turn). With the stand-in, the person's own resting face reads as an expression:
+the default portrait smiles broadly, so a closed mouth reads as a frown (``benchmarks/
+bench_reference.py``: every emotion rendered on six portraits reads back right in 26 / 48 clips with
+the stand-in, 36 / 48 with each portrait's own photo). Only the first ``MAX_SECONDS`` are read.
 
 This lives in capture/ (with the fitter, which reads landmarks and the renderer's basis), so that
 emotion/ stays free of anything that knows a face's identity (avatar/, render/).
@@ -34,6 +37,7 @@ __all__ = [
     "clip_emotion",
     "clip_rigs",
     "default_neutral",
+    "neutral_landmarks",
 ]
 
 FPS = 25
@@ -51,6 +55,24 @@ def default_neutral() -> np.ndarray:
 
     bgr = cv2.imread(str(DEFAULT_AVATAR_IMAGE), cv2.IMREAD_COLOR)
     faces = detect_faces(np.ascontiguousarray(bgr[:, :, ::-1]))
+    return np.asarray(max(faces, key=face_width), np.float64)
+
+
+def neutral_landmarks(image: str | os.PathLike[str] | bytes) -> np.ndarray:
+    """Face Mesh landmarks of a photo of the clip's person at rest (its largest face): the neutral face
+    their clip is fitted against. ReferenceError for a file that is not a readable image or shows no
+    face."""
+    from stream_avatar.avatar.enroll import EnrollmentError, decode_image, read_source
+    from stream_avatar.avatar.landmarks import detect_faces, face_width
+
+    try:
+        data, name = read_source(image)
+        rgb = decode_image(data, name)
+    except EnrollmentError as exc:
+        raise ReferenceError(f"neutral image: {exc}") from None
+    faces = detect_faces(rgb)
+    if not faces:
+        raise ReferenceError(f"neutral image{f' {name}' if name else ''}: no face found")
     return np.asarray(max(faces, key=face_width), np.float64)
 
 
@@ -86,13 +108,19 @@ def clip_rigs(path: str | os.PathLike[str], neutral_landmarks: np.ndarray | None
     return np.stack(rows)
 
 
-def clip_emotion(path: str | os.PathLike[str], model: object | None = None) -> dict[str, float]:
-    """A face video → operator weights for the emotion it shows (``{}``: neutral). ReferenceError for
-    a clip that cannot be read or shows no face."""
+def clip_emotion(
+    path: str | os.PathLike[str],
+    model: object | None = None,
+    neutral_image: str | os.PathLike[str] | bytes | None = None,
+) -> dict[str, float]:
+    """A face video → operator weights for the emotion it shows (``{}``: neutral). ``neutral_image``:
+    a photo of the same person at rest to fit against (default: the default portrait's face).
+    ReferenceError for a clip or image that cannot be read or shows no face."""
     from stream_avatar.emotion.inference import EmotionModel
 
     if not Path(path).is_file():
         raise ReferenceError(f"{path}: no such file")
+    neutral = None if neutral_image is None else neutral_landmarks(neutral_image)
     loaded = model if model is not None else EmotionModel.load()
-    weights, _ = rig_emotion(loaded, clip_rigs(path))
+    weights, _ = rig_emotion(loaded, clip_rigs(path, neutral))
     return weights
