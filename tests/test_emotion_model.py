@@ -262,6 +262,36 @@ def shipped() -> EmotionModel:
     return EmotionModel.load()
 
 
+def _rendered_clip(avatar, speech: np.ndarray, spec: str, tmp_path, rig_out=None):  # type: ignore[no-untyped-def]
+    """3 s of ``speech`` rendered on ``avatar`` with emotion ``spec`` (256 px MP4) → its path."""
+    import wave
+
+    from stream_avatar.config import WatermarkConfig
+    from stream_avatar.offline import render_file
+
+    wav = tmp_path / "speech.wav"
+    pcm = np.clip(np.rint(np.asarray(speech[: 16000 * 3]) * 32767), -32768, 32767).astype("<i2")
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm.tobytes())
+    mp4 = tmp_path / f"{spec.split(':')[0]}.mp4"
+    render_file(
+        wav,
+        mp4,
+        avatar=avatar,
+        size=256,
+        rig_out=rig_out,
+        progress=False,
+        emotion=facs.parse(spec),
+        device="cpu",
+        # The invisible mark carries the render's time: off, so every run reads the same pixels.
+        watermark=WatermarkConfig(enabled=False),
+    )
+    return mp4
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("emotion", facs.EMOTIONS)
 def test_emotion_ref_on_a_rendered_clip_selects_its_emotion(
@@ -270,32 +300,11 @@ def test_emotion_ref_on_a_rendered_clip_selects_its_emotion(
     """A clip rendered with emotion X, read back through face mesh → fitter → the visual branch, gives X
     (every emotion; neutral gives no weights); the rendered file's rig lines carry the frame's emotion
     probabilities."""
-    import wave
-
     from stream_avatar.capture.reference import clip_emotion
-    from stream_avatar.config import WatermarkConfig
-    from stream_avatar.offline import render_file
 
-    wav = tmp_path / "speech.wav"
-    pcm = np.clip(np.rint(np.asarray(speech_16k[: 16000 * 3]) * 32767), -32768, 32767).astype("<i2")
-    with wave.open(str(wav), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(pcm.tobytes())
-    mp4, rig_out = tmp_path / f"{emotion}.mp4", tmp_path / "rig.jsonl"
-    render_file(
-        wav,
-        mp4,
-        avatar=default_avatar(256),
-        size=256,
-        rig_out=rig_out,
-        progress=False,
-        emotion=facs.parse("neutral" if emotion == "neutral" else f"{emotion}:0.8"),
-        device="cpu",
-        # The invisible mark carries the render's time: off, so every run reads the same pixels.
-        watermark=WatermarkConfig(enabled=False),
-    )
+    rig_out = tmp_path / "rig.jsonl"
+    spec = "neutral" if emotion == "neutral" else f"{emotion}:0.8"
+    mp4 = _rendered_clip(default_avatar(256), speech_16k, spec, tmp_path, rig_out=rig_out)
     lines = [json.loads(line) for line in rig_out.read_text().splitlines()]
     level = 1.0 if emotion == "neutral" else 0.8
     assert lines and all(line["emotion"][emotion] == pytest.approx(level) for line in lines)
@@ -324,35 +333,14 @@ def test_emotion_ref_neutral_reads_a_stranger_against_their_own_face(
 ) -> None:
     """Hopper (closed mouth) rendered happy: against the default portrait's broadly smiling neutral face
     her smile reads as no smile at all; against her own photo (``neutral_image``) it reads happy."""
-    import wave
-
     from stream_avatar.avatar.store import AvatarStore
     from stream_avatar.capture.reference import clip_emotion
-    from stream_avatar.config import WatermarkConfig
-    from stream_avatar.offline import render_file
     from tests.fakes import TEST_CONSENT
     from tests.test_portraits import _hopper
 
     photo = _hopper(tmp_path)
     avatar = AvatarStore(tmp_path / "store").enroll(photo, size=256, consent=TEST_CONSENT)
-    wav = tmp_path / "speech.wav"
-    pcm = np.clip(np.rint(np.asarray(speech_16k[: 16000 * 3]) * 32767), -32768, 32767).astype("<i2")
-    with wave.open(str(wav), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(pcm.tobytes())
-    mp4 = tmp_path / "happy.mp4"
-    render_file(
-        wav,
-        mp4,
-        avatar=avatar,
-        size=256,
-        progress=False,
-        emotion=facs.parse("happy:0.8"),
-        device="cpu",
-        watermark=WatermarkConfig(enabled=False),
-    )
+    mp4 = _rendered_clip(avatar, speech_16k, "happy:0.8", tmp_path)
     assert list(clip_emotion(mp4, model=shipped, neutral_image=photo)) == ["happy"]
     assert "happy" not in clip_emotion(mp4, model=shipped)
 
