@@ -227,7 +227,7 @@ def test_browser_talks(chromium: tuple[str, ModuleType], server_url: str, mic_wa
             page.click("#connect")
             _wait_live(page, sync_api, console)
             hello = page.evaluate("window.streamAvatar.hello")
-            assert hello["protocol"] == 7 and hello["emotion"] == "auto", hello  # the server's default
+            assert hello["protocol"] == 8 and hello["emotion"] == "auto", hello  # the server's default
             r = page.evaluate(
                 CAPTURE_JS,
                 {
@@ -256,6 +256,25 @@ def test_browser_talks(chromium: tuple[str, ModuleType], server_url: str, mic_wa
             )
             page.wait_for_function(
                 "() => window.streamAvatar.errors.some((e) => e.code === 'bad_reference')", timeout=5000
+            )
+            # A photo at rest goes with the next clip as `neutral`; one that is no image is refused.
+            page.set_input_files(
+                "#reference-neutral",
+                files=[{"name": "rest.png", "mimeType": "image/png", "buffer": b"not a photo"}],
+            )
+            page.wait_for_function(
+                "() => document.querySelector('#reference-neutral-name').textContent !== ''"
+            )
+            page.set_input_files(
+                "#reference",
+                files=[
+                    {"name": "clip.webm", "mimeType": "video/webm", "buffer": b"\x1a\x45\xdf\xa3" + bytes(64)}
+                ],
+            )
+            page.wait_for_function(
+                "() => window.streamAvatar.errors.some((e) => e.code === 'bad_reference'"
+                " && e.message.includes('neutral image'))",
+                timeout=10000,
             )
             page.click("#disconnect")
             assert page.evaluate("window.streamAvatar.state") == "idle"

@@ -240,7 +240,7 @@ async def test_loopback_speech_bursts(neutral_server: AvatarServer, speech_burst
 async def test_bad_messages_get_errors_and_the_session_survives(server: AvatarServer) -> None:
     async with websockets.connect(server.url.replace("http", "ws") + "/ws") as ws:
         hello = json.loads(await ws.recv())
-        assert hello["type"] == "hello" and hello["protocol"] == 7
+        assert hello["type"] == "hello" and hello["protocol"] == 8
 
         async def ask(raw: str) -> dict[str, Any]:
             await ws.send(raw)
@@ -419,6 +419,58 @@ async def test_emotion_ref_is_analysed_off_the_loop_one_at_a_time(
         # Done: the next clip is taken.
         reply = await ask(ref_message(WEBM))
         assert reply["type"] == "emotion" and reply["source"] == "reference"
+
+
+async def test_emotion_ref_neutral_photo_reaches_the_analysis_and_bad_ones_are_refused(
+    server: AvatarServer, reference_module: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``neutral``: a photo of the clip's person at rest, passed to clip_emotion as bytes (no file);
+    malformed, oversized or faceless photos are one-line errors and change nothing."""
+    seen: list[bytes] = []
+    photo = b"\x89PNG\r\n\x1a\n" + bytes(64)
+
+    def clip_emotion(path: str | Path, neutral_image: bytes | None = None) -> dict[str, float]:
+        assert isinstance(neutral_image, bytes)
+        seen.append(neutral_image)
+        if neutral_image.endswith(b"!"):
+            raise reference_module.ReferenceError("neutral image: no face found")
+        return {"sad": 0.6}
+
+    monkeypatch.setattr(reference_module, "clip_emotion", clip_emotion, raising=False)
+    async with websockets.connect(server.url.replace("http", "ws") + "/ws") as ws:
+        hello = json.loads(await ws.recv())
+        assert hello["neutral_max_bytes"] == protocol.MAX_NEUTRAL_BYTES == 4 * 1024 * 1024
+
+        async def ask(raw: dict[str, Any]) -> dict[str, Any]:
+            await ws.send(json.dumps(raw))
+            return json.loads(await asyncio.wait_for(ws.recv(), 10))
+
+        clip = base64.b64encode(MP4).decode()
+        big = base64.b64encode(bytes(protocol.MAX_NEUTRAL_BYTES + 3)).decode()
+        assert len(big) > protocol.MAX_NEUTRAL_BASE64_CHARS
+        cases = [
+            ({"neutral": 12}, "bad_field", "photo of the person at rest"),
+            ({"neutral": ""}, "bad_field", "photo of the person at rest"),
+            ({"neutral": "not base64!"}, "bad_field", '"neutral" is not valid base64'),
+            ({"neutral": big}, "too_large", "limit of 4 MiB"),
+            (
+                {"neutral": base64.b64encode(photo + b"!").decode()},
+                "bad_reference",
+                "reference neutral image: no face",
+            ),
+        ]
+        for extra, code, text in cases:
+            reply = await ask({"type": "emotion_ref", "data": clip, **extra})
+            assert reply["type"] == "error" and reply["code"] == code, (extra, reply)
+            assert text in reply["message"], reply
+        reply = await ask({"type": "emotion_ref", "data": clip, "neutral": base64.b64encode(photo).decode()})
+        assert reply == {
+            "type": "emotion",
+            "emotion": "sad:0.6",
+            "weights": {"sad": 0.6},
+            "source": "reference",
+        }
+        assert seen == [photo + b"!", photo]
 
 
 async def test_emotion_ref_sets_the_engines_emotion_and_rig_carries_probabilities(

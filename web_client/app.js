@@ -21,6 +21,8 @@ const ui = {
   intensityValue: $("intensity-value"),
   mixAuto: $("mix-auto"),
   reference: $("reference"),
+  referenceNeutral: $("reference-neutral"),
+  referenceNeutralName: $("reference-neutral-name"),
   message: $("message"),
   rig: $("rig"),
   rigInfo: $("rig-info"),
@@ -36,6 +38,8 @@ const RIG_BARS = [
 const EMOTIONS = ["neutral", "happy", "sad", "angry", "fear", "disgusted", "surprised", "contempt"];
 // The largest reference clip, decoded, when the server's hello does not say (protocol version 1).
 const REFERENCE_MAX_BYTES = 8 * 1024 * 1024;
+// The largest photo at rest sent with a clip, when the server's hello does not say (before version 8).
+const NEUTRAL_MAX_BYTES = 4 * 1024 * 1024;
 // Echo cancellation keeps the avatar's own voice out of the mic; noise suppression and automatic gain
 // would reshape the level the mouth driver reads.
 const MIC_CONSTRAINTS = { audio: { echoCancellation: true, noiseSuppression: false, autoGainControl: false } };
@@ -84,6 +88,7 @@ function setState(state) {
   ui.interrupt.disabled = !controls;
   ui.avatarSwitch.disabled = !controls;
   ui.reference.disabled = !controls;
+  ui.referenceNeutral.disabled = !controls;
   ui.emotion.disabled = Boolean(WATCH);
 }
 
@@ -390,6 +395,25 @@ function readBase64(file) {
     reader.readAsDataURL(file); // "data:video/webm;base64,...": the part after the comma is sent
   });
 }
+// A photo of the clip's person at rest (optional): kept here and sent with the next clips as `neutral`.
+let referenceNeutral = null; // {name, data (base64)} or null
+ui.referenceNeutral.addEventListener("change", async () => {
+  const file = ui.referenceNeutral.files?.[0];
+  ui.referenceNeutral.value = "";
+  if (!file) return;
+  const max = live.hello?.neutral_max_bytes ?? NEUTRAL_MAX_BYTES;
+  if (file.size > max) {
+    showMessage(`The photo is ${(file.size / (1024 * 1024)).toFixed(1)} MiB; the server takes photos up to ${(max / (1024 * 1024)).toFixed(1)} MiB.`);
+    return;
+  }
+  try {
+    referenceNeutral = { name: file.name, data: await readBase64(file) };
+  } catch (err) {
+    showMessage(`Could not read ${file.name}: ${err.message}`);
+    return;
+  }
+  ui.referenceNeutralName.textContent = `at rest: ${file.name}`;
+});
 // A reference clip: its emotion (read by the server) becomes the avatar's; the answer is an `emotion`
 // message with source "reference", or an error shown like any other.
 ui.reference.addEventListener("change", async () => {
@@ -409,7 +433,9 @@ ui.reference.addEventListener("change", async () => {
     showMessage(`Could not read ${file.name}: ${err.message}`);
     return;
   }
-  current?.session.send({ type: "emotion_ref", data });
+  const msg = { type: "emotion_ref", data };
+  if (referenceNeutral) msg.neutral = referenceNeutral.data;
+  current?.session.send(msg);
   showMessage(`Reading the emotion of ${file.name}…`, "info");
 });
 ui.unmute.addEventListener("click", () => {

@@ -1,4 +1,4 @@
-// One avatar session: the signaling WebSocket and the RTCPeerConnection (docs/protocol.md, version 7).
+// One avatar session: the signaling WebSocket and the RTCPeerConnection (docs/protocol.md, version 8).
 // A presenter sends the microphone; a viewer (`negotiate(null, {watch: STREAM_ID})`) only receives.
 //
 // Events (CustomEvent, payload in `detail`): "hello", "stats", "cleared", "avatar", "emotion", "ended"

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-PROTOCOL_VERSION = 7
+PROTOCOL_VERSION = 8
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_SDP_CHARS = 60 * 1024
 AVATAR_ID = re.compile(r"^(default|[0-9a-f]{16})$")
@@ -24,7 +24,11 @@ STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch only (``$`` would 
 # message type may exceed MAX_MESSAGE_BYTES (up to MAX_REFERENCE_MESSAGE_BYTES).
 MAX_REFERENCE_BYTES = 8 * 1024 * 1024
 MAX_REFERENCE_BASE64_CHARS = 4 * -(-MAX_REFERENCE_BYTES // 3)
-MAX_REFERENCE_MESSAGE_BYTES = MAX_REFERENCE_BASE64_CHARS + 1024
+# ``emotion_ref``'s optional ``neutral``: a photo of the clip's person at rest (JPEG/PNG/WebP), at most
+# this many bytes once decoded.
+MAX_NEUTRAL_BYTES = 4 * 1024 * 1024
+MAX_NEUTRAL_BASE64_CHARS = 4 * -(-MAX_NEUTRAL_BYTES // 3)
+MAX_REFERENCE_MESSAGE_BYTES = MAX_REFERENCE_BASE64_CHARS + MAX_NEUTRAL_BASE64_CHARS + 1024
 
 CLIENT_TYPES = ("offer", "clear", "avatar", "emotion", "emotion_ref", "ping")
 
@@ -84,7 +88,16 @@ def parse(raw: str | bytes) -> dict[str, Any]:
         if not isinstance(data, str) or not data:
             raise ProtocolError("bad_field", '"emotion_ref" needs "data": the clip (MP4 or WebM) as base64')
         if len(data) > MAX_REFERENCE_BASE64_CHARS:
-            raise _reference_too_large(len(data) * 3 // 4)
+            raise _too_large("reference clip", len(data) * 3 // 4, MAX_REFERENCE_BYTES)
+        neutral = msg.get("neutral")
+        if neutral is not None:
+            if not isinstance(neutral, str) or not neutral:
+                raise ProtocolError(
+                    "bad_field",
+                    '"neutral" (optional) is a photo of the person at rest (JPEG, PNG, WebP) as base64',
+                )
+            if len(neutral) > MAX_NEUTRAL_BASE64_CHARS:
+                raise _too_large("neutral photo", len(neutral) * 3 // 4, MAX_NEUTRAL_BYTES)
     elif kind == "ping":
         t = msg.get("t")
         if isinstance(t, bool) or not isinstance(t, (int, float)):
@@ -96,12 +109,7 @@ def decode_reference(data: str) -> tuple[bytes, str]:
     """``emotion_ref``'s base64 text -> (clip bytes, file suffix ".mp4" or ".webm"); ProtocolError for
     malformed base64 (``bad_field``), an oversized clip (``too_large``) or neither container
     (``bad_reference``). ~35 ms for 8 MiB: call it off the event loop."""
-    try:
-        clip = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise ProtocolError("bad_field", '"emotion_ref": "data" is not valid base64') from None
-    if len(clip) > MAX_REFERENCE_BYTES:
-        raise _reference_too_large(len(clip))
+    clip = _decode_limited(data, "data", MAX_REFERENCE_BYTES, "reference clip")
     if clip[4:8] == b"ftyp":  # ISO BMFF (MP4, MOV, 3GP): the first box is the file type box
         return clip, ".mp4"
     if clip[:4] == b"\x1a\x45\xdf\xa3":  # EBML header: Matroska / WebM (what MediaRecorder writes)
@@ -109,9 +117,29 @@ def decode_reference(data: str) -> tuple[bytes, str]:
     raise ProtocolError("bad_reference", "the reference clip is neither an MP4 nor a WebM file")
 
 
-def _reference_too_large(size: int) -> ProtocolError:
-    limit = f"{MAX_REFERENCE_BYTES // (1024 * 1024)} MiB ({MAX_REFERENCE_BYTES} bytes)"
-    return ProtocolError("too_large", f"reference clip of {size} bytes exceeds the limit of {limit}")
+def decode_neutral(data: str) -> bytes:
+    """``emotion_ref``'s ``neutral`` base64 text -> the photo's bytes; ProtocolError for malformed base64
+    (``bad_field``) or an oversized photo (``too_large``). Whether it is an image with a face is for the
+    analysis to say (``bad_reference``)."""
+    return _decode_limited(data, "neutral", MAX_NEUTRAL_BYTES, "neutral photo")
+
+
+def _decode_limited(data: str, field: str, limit: int, what: str) -> bytes:
+    """``emotion_ref``'s base64 ``field`` -> bytes; ``bad_field`` if malformed, ``too_large`` if over."""
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("bad_field", f'"emotion_ref": "{field}" is not valid base64') from None
+    if len(raw) > limit:
+        raise _too_large(what, len(raw), limit)
+    return raw
+
+
+def _too_large(what: str, size: int, limit: int) -> ProtocolError:
+    return ProtocolError(
+        "too_large",
+        f"{what} of {size} bytes exceeds the limit of {limit // (1024 * 1024)} MiB ({limit} bytes)",
+    )
 
 
 def _emotion_weights(msg: dict[str, Any]) -> dict[str, float]:

@@ -127,6 +127,7 @@ class Session(Endpoint):
                 "latency_budget_ms": self.settings.latency_budget_ms,
                 "emotion": emotion_mod.format_spec(self._emotion),
                 "reference_max_bytes": protocol.MAX_REFERENCE_BYTES,
+                "neutral_max_bytes": protocol.MAX_NEUTRAL_BYTES,
             }
         )
 
@@ -156,7 +157,7 @@ class Session(Endpoint):
             elif kind == "emotion":
                 await self._on_emotion(msg["weights"])
             elif kind == "emotion_ref":
-                self._on_emotion_ref(msg["data"])
+                self._on_emotion_ref(msg["data"], msg.get("neutral"))
             elif kind == "ping":
                 await self.send({"type": "pong", "t": msg["t"]})
         except protocol.ProtocolError as exc:
@@ -314,18 +315,19 @@ class Session(Endpoint):
             reply["source"] = source
         await self.send(reply)
 
-    def _on_emotion_ref(self, data: str) -> None:
+    def _on_emotion_ref(self, data: str, neutral: str | None = None) -> None:
         if self._reference is not None and not self._reference.done():
             raise protocol.ProtocolError(
                 "reference_busy", "a reference clip is still being analysed; send the next after its reply"
             )
-        self._reference = self._spawn(self._apply_reference(data), "reference")
+        self._reference = self._spawn(self._apply_reference(data, neutral), "reference")
 
-    async def _apply_reference(self, data: str) -> None:
-        """Decode and analyse the clip in a worker thread, then make its emotion the session's. Every
-        failure becomes an ``error`` reply; the session and its emotion stay as they were."""
+    async def _apply_reference(self, data: str, neutral: str | None = None) -> None:
+        """Decode and analyse the clip (and the optional photo of the person at rest) in a worker thread,
+        then make its emotion the session's. Every failure becomes an ``error`` reply; the session and
+        its emotion stay as they were."""
         try:
-            weights = await asyncio.to_thread(reference_emotion, data)
+            weights = await asyncio.to_thread(reference_emotion, data, neutral)
         except protocol.ProtocolError as exc:
             await self.send(protocol.error_message(exc.code, str(exc)))
             return
@@ -492,13 +494,16 @@ class Session(Endpoint):
         return SessionLoad(self.id, True, playout.ticks, playout.late_frames)
 
 
-def reference_emotion(data: str) -> dict[str, float]:
-    """``emotion_ref``'s base64 clip -> the emotion weights read from it (blocking: a worker thread).
+def reference_emotion(data: str, neutral: str | None = None) -> dict[str, float]:
+    """``emotion_ref``'s base64 clip (and optional base64 photo of the person at rest) -> the emotion
+    weights read from it (blocking: a worker thread).
 
     The clip goes to a private temp file (``mkstemp``: mode 0600, a name of our making; nothing of the
-    client's reaches a path), removed before returning. ProtocolError for a bad clip.
+    client's reaches a path), removed before returning; the photo stays in memory. ProtocolError for a
+    bad clip or photo.
     """
     clip, suffix = protocol.decode_reference(data)
+    photo = None if neutral is None else protocol.decode_neutral(neutral)
     # Looked up at call time, through sys.modules: the analysis loads its models on first use only.
     reference = importlib.import_module("stream_avatar.capture.reference")
     fd, path = tempfile.mkstemp(prefix="stream_avatar-ref-", suffix=suffix)
@@ -507,11 +512,14 @@ def reference_emotion(data: str) -> dict[str, float]:
             f.write(clip)
         del clip
         try:
-            weights = reference.clip_emotion(path)
+            if photo is None:
+                weights = reference.clip_emotion(path)
+            else:
+                weights = reference.clip_emotion(path, neutral_image=photo)
         except reference.ReferenceError as exc:
             # The message names the temp file; the client knows it as "the clip" (and needs no paths).
             text = str(exc).replace(path, "clip").replace(os.path.basename(path), "clip")
-            text = text if text.startswith("clip") else f"clip: {text}"
+            text = text if text.startswith(("clip", "neutral image")) else f"clip: {text}"
             raise protocol.ProtocolError("bad_reference", f"reference {text}") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
