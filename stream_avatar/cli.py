@@ -85,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
             "some happy mixed in), auto:0.5 (the voice's emotion at half strength)",
         )
         p.add_argument(
+            "--emotion-prior-neutral",
+            type=float,
+            default=None,
+            metavar="P",
+            help="with auto: the prior share of neutral the voice's emotion is read with, 0 < P < 1 "
+            "(default: the emotion model's, 0.5; 0.125 weighs every emotion alike)",
+        )
+        p.add_argument(
             "--emotion-ref",
             default=None,
             metavar="CLIP",
@@ -400,6 +408,7 @@ def _config(args: argparse.Namespace) -> Config:
         "avatar": getattr(args, "avatar", None),
         "driver": getattr(args, "driver", None),
         "emotion": getattr(args, "emotion", None),
+        "emotion_prior_neutral": getattr(args, "emotion_prior_neutral", None),
         "device": getattr(args, "device", None),
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
@@ -508,6 +517,7 @@ def _render(
         rig_out=rig_out,
         progress=progress,
         emotion=cfg.engine.emotion_weights,
+        emotion_prior_neutral=cfg.engine.emotion_prior_neutral,
         store_dir=cfg.avatar.store_dir,
         device=cfg.engine.device,
         fps=cfg.engine.fps,

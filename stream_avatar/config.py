@@ -13,6 +13,8 @@ TOML layout (every key optional)::
     device = "auto"          # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
     emotion = "auto"         # NAME[:INTENSITY] terms joined by "+"; auto = inferred from the voice
                              # ("auto" is the default; "happy:0.7"; "auto+happy:0.3"; "auto:0.5")
+    # emotion_prior_neutral = 0.5  # the share of neutral in the prior the voice's emotion is read with
+                             # (unset: the emotion model's own, 0.5; 0.125: no preference)
 
     [avatar]
     spec = "portrait.jpg"    # an image path or an enrolled avatar id; empty = the default avatar
@@ -102,6 +104,10 @@ class EngineConfig:
       name ``auto`` is the emotion inferred from the voice (``auto``, ``auto:0.5``, ``auto+happy:0.3``:
       voice-inferred with an operator emotion mixed in). Default ``auto``. See
       ``stream_avatar.emotion.facs``.
+    emotion_prior_neutral: for ``auto``, the prior share of neutral the voice's emotion is read with
+      (0 < x < 1; the other seven emotions share the rest). None: the emotion model's own
+      (``models/emotion/config.json``, 0.5); 0.125 weighs every emotion alike, as in training; lower
+      it where most speech is emotional (drama), raise it where a neutral face matters most.
     """
 
     fps: int = 25
@@ -109,6 +115,7 @@ class EngineConfig:
     max_buffer_s: float = 2.0
     device: str = "auto"
     emotion: str = "auto"
+    emotion_prior_neutral: float | None = None
 
     @property
     def emotion_weights(self) -> dict[str, float]:
@@ -131,6 +138,9 @@ class EngineConfig:
             parse(self.emotion)
         except EmotionError as exc:
             raise ConfigError(f"emotion: {exc}") from None
+        prior = self.emotion_prior_neutral
+        if prior is not None and not 0.0 < prior < 1.0:
+            raise ConfigError(f"emotion_prior_neutral must lie strictly between 0 and 1, got {prior}")
 
 
 @dataclass(frozen=True)
@@ -324,6 +334,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "max_buffer_s": ("engine", "max_buffer_s"),
     "device": ("engine", "device"),
     "emotion": ("engine", "emotion"),
+    "emotion_prior_neutral": ("engine", "emotion_prior_neutral"),
     "avatar": ("avatar", "spec"),
     "size": ("avatar", "size"),
     "store_dir": ("avatar", "store_dir"),
@@ -400,6 +411,7 @@ def _parse(section: str, name: str, value: object, origin: str) -> object:
         "max_buffer_s": float,
         "cpu_fraction": float,
         "opacity": float,
+        "emotion_prior_neutral": float,
     }.get(name, str)
     if kind is str:
         return str(value).strip()

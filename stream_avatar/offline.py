@@ -246,6 +246,7 @@ def render_file(
     fps: int = 25,
     max_buffer_s: float = 2.0,
     emotion: Mapping[str, float] | None = None,
+    emotion_prior_neutral: float | None = None,
     script: str | os.PathLike[str] | None = None,
     consent: Any = None,
     allow_unconsented_avatars: bool = False,
@@ -265,6 +266,8 @@ def render_file(
     driver_name: motion driver (``stream_avatar.session.engine.DRIVERS``).
     rig_out: optional JSONL of per-frame rigs. progress: tqdm bar on stderr.
     emotion: the operator's emotion as weights (``stream_avatar.emotion.facs.parse``); None: neutral.
+    emotion_prior_neutral: with ``auto``, the prior share of neutral the voice is read with (None: the
+      emotion model's own).
     consent: the consent record for an image ``avatar`` enrolled here (``AvatarStore.enroll``).
     allow_unconsented_avatars: render an avatar stored without a consent record (else refused).
     disclosure: the badge's ``DisclosureConfig`` (None: the default, on; disabled: logged warning).
@@ -318,6 +321,7 @@ def render_file(
         max_buffer_s=max_buffer_s,
         device=device,
         emotion=emotion,
+        emotion_prior_neutral=emotion_prior_neutral,
         warn_when_behind=False,  # slower than real time is expected offline on a CPU
         disclosure=badge,
         watermark=watermark if watermark is not None else "default",

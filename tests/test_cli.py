@@ -255,6 +255,27 @@ def test_emotion_flag_and_config(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert_one_line_error(err, "intensity of happy")
 
 
+def test_emotion_prior_neutral_setting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert load_config({}, environ={}).engine.emotion_prior_neutral is None  # the model's own
+    assert load_config({"emotion_prior_neutral": "0.3"}, environ={}).engine.emotion_prior_neutral == 0.3
+    env = {"STREAM_AVATAR_EMOTION_PRIOR_NEUTRAL": "0.2"}
+    assert load_config({}, environ=env).engine.emotion_prior_neutral == 0.2
+    toml = tmp_path / "sa.toml"
+    toml.write_text("[engine]\nemotion_prior_neutral = 0.4\n")
+    assert load_config({}, config_path=toml, environ={}).engine.emotion_prior_neutral == 0.4
+    for bad in ("0", "1", "1.5", "-0.1"):
+        with pytest.raises(ConfigError, match="emotion_prior_neutral must lie strictly between 0 and 1"):
+            load_config({"emotion_prior_neutral": bad}, environ={})
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"")
+    out = str(tmp_path / "o.mp4")
+    code, _, err = run_cli(
+        capsys, "render", "--audio", str(wav), "--out", out, "--emotion-prior-neutral", "2"
+    )
+    assert code == 2
+    assert_one_line_error(err, "emotion_prior_neutral must lie strictly between 0 and 1")
+
+
 def test_emotion_ref_neutral_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     wav = tmp_path / "a.wav"
     wav.write_bytes(b"")

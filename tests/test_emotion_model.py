@@ -162,6 +162,14 @@ def test_shipped_model_reads_the_voice_with_the_voice_prior(shipped: EmotionMode
     assert shipped.voice_prior[0] == pytest.approx(VOICE_PRIOR_NEUTRAL)
 
 
+def test_engine_emotion_estimator_takes_the_configured_prior(shipped: EmotionModel) -> None:
+    from stream_avatar.session.engine import make_emotion_estimator
+
+    assert make_emotion_estimator(25).prior[0] == pytest.approx(VOICE_PRIOR_NEUTRAL)
+    assert make_emotion_estimator(25, 0.3).prior[0] == pytest.approx(0.3)
+    assert make_emotion_estimator(25, 0.3).prior[1:] == pytest.approx([0.1] * 7)
+
+
 def test_estimate_shows_an_emotion_only_when_confident() -> None:
     probs = np.full(8, 0.125, np.float32)
     diffuse = Estimate(probs, 0.8, np.zeros(16), np.zeros(16))

@@ -942,6 +942,7 @@ def build_server(cfg: Config, consent: Any = None) -> AvatarServer:
             max_buffer_s=cfg.engine.max_buffer_s,
             device=device,
             emotion=cfg.engine.emotion_weights,
+            emotion_prior_neutral=cfg.engine.emotion_prior_neutral,
             packet_lead=True,
             disclosure=badge,
             watermark=cfg.watermark,

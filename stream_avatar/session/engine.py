@@ -947,6 +947,7 @@ def build_engine(
     seed: int = 0,
     emotion: Mapping[str, float] | None = None,
     infer_emotion: bool = True,
+    emotion_prior_neutral: float | None = None,
     disclosure: Any = "default",
     watermark: Any = "default",
     **engine_kwargs: Any,
@@ -956,7 +957,8 @@ def build_engine(
     Renderer: RendererWrapper(avatar.tensors, device); driver by name; IdleLife(fps, seed); an
     EmotionLayer starting at ``emotion`` (weights from ``emotion.parse``, ``auto`` included; None:
     neutral); the shipped emotion model for ``auto`` (``infer_emotion``; 25 fps only, the rate it
-    was trained at). ``disclosure``: the visible "AI-generated" badge composited into every frame:
+    was trained at), reading the voice with ``emotion_prior_neutral`` as the prior share of neutral
+    (None: the model's own). ``disclosure``: the visible "AI-generated" badge composited into every frame:
     "default" (the default badge, on), a ``DisclosureBadge`` (built once at the edge from the
     configuration: ``stream_avatar.provenance.disclosure.make_badge``), or None (off; the caller
     logged that choice). ``watermark``: the invisible mark of this instance, the avatar's id and the
@@ -967,7 +969,7 @@ def build_engine(
     from stream_avatar.emotion.facs import EmotionLayer
     from stream_avatar.motion.idle import IdleLife, combine
 
-    estimator = make_emotion_estimator(fps) if infer_emotion else None
+    estimator = make_emotion_estimator(fps, emotion_prior_neutral) if infer_emotion else None
     if isinstance(disclosure, str):
         if disclosure != "default":
             raise ValueError(f"disclosure must be 'default', a badge or None, got {disclosure!r}")
@@ -997,12 +999,18 @@ def build_engine(
 _EMOTION_MODEL: Any = None
 
 
-def make_emotion_estimator(fps: int = 25) -> Any:
+def make_emotion_estimator(fps: int = 25, prior_neutral: float | None = None) -> Any:
     """An ``EmotionStream`` over the shipped emotion model (loaded once per process and shared: the
-    weights are read-only, each stream keeps its own window). None, with a warning, when the model
-    is missing or ``fps`` is not the model's 25."""
+    weights are read-only, each stream keeps its own window), reading the voice with ``prior_neutral``
+    as the prior share of neutral (None: the model's voice prior). None, with a warning, when the
+    model is missing or ``fps`` is not the model's 25."""
     global _EMOTION_MODEL
-    from stream_avatar.emotion.inference import EmotionModel, EmotionStream, MissingModelError
+    from stream_avatar.emotion.inference import (
+        EmotionModel,
+        EmotionStream,
+        MissingModelError,
+        prior_with_neutral,
+    )
 
     if fps != 25:
         logger.warning("voice emotion needs 25 fps; auto shows neutral", extra={"fps": fps})
@@ -1014,4 +1022,5 @@ def make_emotion_estimator(fps: int = 25) -> Any:
             except MissingModelError as exc:
                 logger.warning("no emotion model; auto shows neutral", extra={"reason": str(exc)})
                 return None
-    return EmotionStream(_EMOTION_MODEL)
+    prior = None if prior_neutral is None else prior_with_neutral(prior_neutral)
+    return EmotionStream(_EMOTION_MODEL, prior=prior)
