@@ -322,7 +322,7 @@ async def test_emotion_ref_errors_leave_the_session_and_its_emotion(
 ) -> None:
     seen: list[tuple[str, bytes, int]] = []
 
-    def clip_emotion(path: str | Path) -> dict[str, float]:
+    def clip_emotion(path: str | Path, neutral_image: bytes | None = None) -> dict[str, float]:
         seen.append((str(path), Path(path).read_bytes(), stat.S_IMODE(os.stat(path).st_mode)))
         if len(seen) == 1:
             raise reference_module.ReferenceError(f"{Path(path).name}: no video stream")
@@ -386,7 +386,7 @@ async def test_emotion_ref_is_analysed_off_the_loop_one_at_a_time(
 ) -> None:
     entered, release = threading.Event(), threading.Event()
 
-    def clip_emotion(path: str | Path) -> dict[str, float]:
+    def clip_emotion(path: str | Path, neutral_image: bytes | None = None) -> dict[str, float]:
         entered.set()
         assert release.wait(10)
         return {"happy": 0.8}
@@ -476,7 +476,9 @@ async def test_emotion_ref_neutral_photo_reaches_the_analysis_and_bad_ones_are_r
 async def test_emotion_ref_sets_the_engines_emotion_and_rig_carries_probabilities(
     avatar: Avatar, reference_module: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(reference_module, "clip_emotion", lambda path: {"happy": 0.8}, raising=False)
+    monkeypatch.setattr(
+        reference_module, "clip_emotion", lambda path, neutral_image=None: {"happy": 0.8}, raising=False
+    )
     srv = make_server(avatar, wrap_engine=EmotionTaggedEngine)
     await srv.start()
     client = AvatarClient(srv.url, PcmSource(np.zeros(RATE * 4, np.float32)))

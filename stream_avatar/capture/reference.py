@@ -50,12 +50,21 @@ def default_neutral() -> np.ndarray:
     """The default portrait's Face Mesh landmarks: the neutral face reference clips are fitted against."""
     import cv2
 
-    from stream_avatar.avatar.landmarks import detect_faces, face_width
     from stream_avatar.avatar.store import DEFAULT_AVATAR_IMAGE
 
     bgr = cv2.imread(str(DEFAULT_AVATAR_IMAGE), cv2.IMREAD_COLOR)
-    faces = detect_faces(np.ascontiguousarray(bgr[:, :, ::-1]))
-    return np.asarray(max(faces, key=face_width), np.float64)
+    face = _largest_face(np.ascontiguousarray(bgr[:, :, ::-1]))
+    if face is None:
+        raise RuntimeError(f"no face in the default portrait {DEFAULT_AVATAR_IMAGE}")
+    return face
+
+
+def _largest_face(rgb: np.ndarray) -> np.ndarray | None:
+    """Face Mesh landmarks of the largest face in an RGB image, float64; None without a face."""
+    from stream_avatar.avatar.landmarks import detect_faces, face_width
+
+    faces = detect_faces(rgb)
+    return np.asarray(max(faces, key=face_width), np.float64) if faces else None
 
 
 def neutral_landmarks(image: str | os.PathLike[str] | bytes) -> np.ndarray:
@@ -63,17 +72,16 @@ def neutral_landmarks(image: str | os.PathLike[str] | bytes) -> np.ndarray:
     their clip is fitted against. ReferenceError for a file that is not a readable image or shows no
     face."""
     from stream_avatar.avatar.enroll import EnrollmentError, decode_image, read_source
-    from stream_avatar.avatar.landmarks import detect_faces, face_width
 
     try:
         data, name = read_source(image)
         rgb = decode_image(data, name)
     except EnrollmentError as exc:
         raise ReferenceError(f"neutral image: {exc}") from None
-    faces = detect_faces(rgb)
-    if not faces:
+    face = _largest_face(rgb)
+    if face is None:
         raise ReferenceError(f"neutral image{f' {name}' if name else ''}: no face found")
-    return np.asarray(max(faces, key=face_width), np.float64)
+    return face
 
 
 def clip_rigs(path: str | os.PathLike[str], neutral_landmarks: np.ndarray | None = None) -> np.ndarray:

@@ -512,10 +512,7 @@ def reference_emotion(data: str, neutral: str | None = None) -> dict[str, float]
             f.write(clip)
         del clip
         try:
-            if photo is None:
-                weights = reference.clip_emotion(path)
-            else:
-                weights = reference.clip_emotion(path, neutral_image=photo)
+            weights = reference.clip_emotion(path, neutral_image=photo)
         except reference.ReferenceError as exc:
             # The message names the temp file; the client knows it as "the clip" (and needs no paths).
             text = str(exc).replace(path, "clip").replace(os.path.basename(path), "clip")
