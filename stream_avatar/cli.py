@@ -332,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--seed", type=int, default=0, help="the same seed and data give the same model")
     te.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out and start over")
     te.add_argument("--eval-every", type=int, default=None, help="validate every N steps (default 500)")
+    te.add_argument(
+        "--baseline-frames",
+        type=float,
+        default=None,
+        metavar="N",
+        help="the population's weight in the speaker baseline, in voiced frames (default 250; 0: none)",
+    )
     te.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     te.add_argument("--no-progress", action="store_true", help="no progress bar")
     te.add_argument(
@@ -839,9 +846,11 @@ def _train_emotion(args: argparse.Namespace) -> int:
 
     from stream_avatar.train.emotion import TrainConfig, train, validator
 
+    if args.baseline_frames is not None and not args.baseline_frames >= 0:
+        raise UserError(f"--baseline-frames must be 0 (off) or positive, got {args.baseline_frames}")
     data = _check_datasets(args.data)
     kw: dict[str, Any] = {"seed": args.seed, "threads": args.threads}
-    for key in ("steps", "disc_steps", "batch", "eval_every"):
+    for key in ("steps", "disc_steps", "batch", "eval_every", "baseline_frames"):
         if getattr(args, key) is not None:
             kw[key] = getattr(args, key)
     tcfg = TrainConfig(**kw)

@@ -79,6 +79,12 @@ def test_bad_size_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert_one_line_error(err, "size", "33")
 
 
+def test_bad_baseline_frames_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "train", "emotion", "--data", str(tmp_path), "--baseline-frames", "-5")
+    assert code == 2
+    assert_one_line_error(err, "baseline-frames", "-5")
+
+
 def test_bad_env_value(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("STREAM_AVATAR_FPS", "fast")
     code, _, err = run_cli(capsys, "render", "--audio", "x.wav", "--out", "o.mp4")

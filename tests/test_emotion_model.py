@@ -10,7 +10,16 @@ import pytest
 import torch
 
 from stream_avatar.emotion import facs
-from stream_avatar.emotion.features import SAMPLES_PER_FRAME, TOKEN_DIM, FrameTokens, clip_tokens
+from stream_avatar.emotion.features import (
+    BANDS,
+    BASELINE_COLUMNS,
+    SAMPLES_PER_FRAME,
+    TOKEN_DIM,
+    FrameTokens,
+    SpeakerBaseline,
+    clip_tokens,
+    voiced_sums,
+)
 from stream_avatar.emotion.inference import (
     CONFIDENT_P,
     UNIFORM_NEUTRAL,
@@ -71,6 +80,88 @@ def test_streaming_equals_whole_clip_inference() -> None:
     assert diff < 1e-4 and diff_mu < 1e-4, (diff, diff_mu)
     # Silence says nothing: the first frames (before enough voiced speech) are neutral.
     assert got[0].label == "neutral" and got[0].intensity == 0.0
+
+
+def _tokens(n: int, seed: int, offset: float = 0.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = rng.normal(0.0, 1.0, (n, TOKEN_DIM)).astype(np.float32)
+    t[:, -1] = np.where(rng.random(n) < 0.6, 0.8, 0.0)
+    t[:, BASELINE_COLUMNS] += offset
+    t[t[:, -1] == 0, BANDS + 2] = 0.0
+    return t
+
+
+def test_speaker_baseline_streams_and_maps_a_voice_onto_the_population() -> None:
+    mean, std = np.zeros(BASELINE_COLUMNS.size), np.ones(BASELINE_COLUMNS.size)
+    # A voice 2 units above the population on every column, twice as spread.
+    tokens = _tokens(3000, 0)
+    tokens[:, BASELINE_COLUMNS] = tokens[:, BASELINE_COLUMNS] * 2.0 + 2.0
+    tokens[tokens[:, -1] == 0, BANDS + 2] = 0.0
+    whole = SpeakerBaseline(mean, std, 50).apply(tokens)
+    b = SpeakerBaseline(mean, std, 50)
+    chunked = np.concatenate(
+        [b.apply(tokens[i : i + 7]) for i in range(0, len(tokens), 7)] + [b.apply(tokens[:0])]
+    )
+    assert np.abs(whole - chunked).max() < 1e-5
+    late = whole[1500:]
+    voiced = late[:, -1] > 0
+    cols = late[voiced][:, BASELINE_COLUMNS]
+    assert np.abs(cols.mean(axis=0)).max() < 0.15 and np.abs(cols.std(axis=0) - 1.0).max() < 0.15
+    assert np.all(whole[~(whole[:, -1] > 0), BANDS + 2] == 0.0)  # no pitch where unvoiced
+    # The first frame is read against the population alone; other columns pass through.
+    assert np.allclose(whole[0, BASELINE_COLUMNS], tokens[0, BASELINE_COLUMNS])
+    others = [c for c in range(TOKEN_DIM) if c not in set(BASELINE_COLUMNS.tolist())]
+    assert np.array_equal(whole[:, others], tokens[:, others])
+    # Statistics heard before (a session's earlier clips) fold in as if streamed.
+    first, second = tokens[:1000], tokens[1000:2000]
+    primed = SpeakerBaseline(mean, std, 50)
+    primed.add(*voiced_sums(first))
+    assert np.abs(primed.apply(second) - whole[1000:2000]).max() < 1e-4
+    with pytest.raises(ValueError):
+        SpeakerBaseline(mean[:3], std[:3], 50)
+    with pytest.raises(ValueError):
+        SpeakerBaseline(mean, std * 0.0, 50)
+    with pytest.raises(ValueError):
+        SpeakerBaseline(mean, std, 0)
+
+
+def _baseline_model(seed: int = 0) -> EmotionModel:
+    torch.manual_seed(seed)
+    cfg = EmotionConfig()
+    n = BASELINE_COLUMNS.size
+    meta = {"inference": {"speaker_baseline": {"prior_frames": 50.0, "mean": [0.0] * n, "std": [0.5] * n}}}
+    return EmotionModel(EmotionNet(cfg), Discriminator(cfg), meta)
+
+
+def test_a_session_baseline_carries_from_clip_to_clip() -> None:
+    model = _baseline_model()
+    one, two = _voiced(2.4, f0=120.0, seed=3), _voiced(2.4, f0=240.0, seed=4)
+    stream = EmotionStream(model)
+    got: list[Estimate] = []
+    audio = np.concatenate([one, two])
+    for i in range(0, audio.size, 700):
+        got += stream.push(audio[i : i + 700])
+    session = model.new_baseline()
+    whole = clip_estimates(model, audio)
+    first = clip_estimates(model, one, baseline=session)
+    second = clip_estimates(model, two, baseline=session)
+    diff = max(float(np.abs(a.mu - b.mu).max()) for a, b in zip(got, whole, strict=True))
+    assert diff < 1e-4
+    # A session's first clip offline is the stream's start; its second, read with the baseline the
+    # first left, is the stream's end (up to the level tracker, which restarts with a clip) and not
+    # what a fresh session reads.
+    assert len(first) == one.size // SAMPLES_PER_FRAME
+    assert max(float(np.abs(a.mu - b.mu).max()) for a, b in zip(first, got, strict=False)) < 1e-4
+    fresh = clip_estimates(model, two)
+    carried = float(np.abs(second[-1].mu - got[-1].mu).max())
+    assert carried < 0.5 * float(np.abs(fresh[-1].mu - got[-1].mu).max()), carried
+    # A malformed baseline is refused when the model loads, not at a stream's first frame.
+    with pytest.raises(ValueError):
+        EmotionModel(
+            model.net,
+            model.disc,
+            {"inference": {"speaker_baseline": {"prior_frames": 50, "mean": [0.0], "std": [1.0]}}},
+        )
 
 
 def test_gradients_flow_through_the_vq_straight_through() -> None:
@@ -193,8 +284,12 @@ def test_training_smoke_and_resume_equals_uninterrupted(tiny_dataset, tmp_path) 
     full = train([tiny_dataset], tmp_path / "full", cfg, small, log=logs.append)
     assert (tmp_path / "full" / "model.safetensors").is_file()
     saved = json.loads((tmp_path / "full" / "config.json").read_text())
-    assert saved["inference"] == {"voice_prior_neutral": VOICE_PRIOR_NEUTRAL}
+    assert saved["inference"]["voice_prior_neutral"] == VOICE_PRIOR_NEUTRAL
     assert full.voice_prior[0] == VOICE_PRIOR_NEUTRAL
+    base = saved["inference"]["speaker_baseline"]
+    assert len(base["mean"]) == len(base["std"]) == BASELINE_COLUMNS.size
+    assert base["prior_frames"] == cfg.baseline_frames and min(base["std"]) > 0
+    assert EmotionModel.load(tmp_path / "full").new_baseline() is not None
     # Interrupted after 5 steps (a checkpoint), then resumed to the end.
     part = TrainConfig(**{**cfg.__dict__, "steps": 1})  # 4 + 1 = 5 steps: stops at the checkpoint
     train([tiny_dataset], tmp_path / "resumed", part, small, log=logs.append)

@@ -146,3 +146,83 @@ def tokens_from_rows(rows: np.ndarray, audio: np.ndarray) -> np.ndarray:
     ends = _PITCH_WIN + SAMPLES_PER_FRAME * np.arange(1, n + 1)
     windows = np.stack([padded[e - _PITCH_WIN : e] for e in ends])
     return _tokens(norm[: n * ROWS_PER_FRAME], windows)
+
+
+# ----------------------------------------------------------------------------- the speaker's baseline
+
+# The token columns that carry who is speaking as much as how: the spectral envelope (timbre, the
+# microphone) and the pitch level. Loudness is already relative (the peak tracker), voicing is not
+# personal.
+BASELINE_COLUMNS = np.array([*range(BANDS), BANDS + 2])
+_VOICED = BANDS + 3
+
+
+class SpeakerBaseline:
+    """Emotion as a departure from the speaker's own voice: a session's running statistics.
+
+    Emotion in speech is heard against the speaker's habitual voice (a high voice is not a happy one;
+    a bright microphone is not an angry speaker). The baseline is the running mean and spread of the
+    session's voiced tokens in ``BASELINE_COLUMNS``, started from the training population's statistics
+    with the weight of ``prior_frames`` voiced frames; every token is mapped through the speaker's
+    statistics onto the population's before the embedder sees it (``(x - m) / s * s_pop + m_pop``;
+    pitch only where voiced). Each frame is normalised with the statistics of the frames before it,
+    so streaming in any chunks equals a whole clip. One per session (one speaker): it lives across
+    utterances and interrupts, and starts again with ``reset``.
+
+    Written here because what it does is a running mean and variance with a prior count (two
+    cumulative sums); a library would add nothing."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, prior_frames: float) -> None:
+        self.mean = np.asarray(mean, np.float64).reshape(-1)
+        self.std = np.asarray(std, np.float64).reshape(-1)
+        if self.mean.shape != (BASELINE_COLUMNS.size,) or self.std.shape != self.mean.shape:
+            raise ValueError(f"baseline statistics need {BASELINE_COLUMNS.size} values each")
+        if not np.all(self.std > 0) or not prior_frames > 0:
+            raise ValueError("baseline spreads and the prior weight must be positive")
+        self.prior_frames = float(prior_frames)
+        self.reset()
+
+    def reset(self) -> None:
+        n = self.prior_frames
+        self.count = n
+        self.s1 = n * self.mean
+        self.s2 = n * (self.std**2 + self.mean**2)
+
+    def add(self, count: float, s1: np.ndarray, s2: np.ndarray) -> None:
+        """Fold in statistics heard before (``voiced_sums`` of earlier speech of the same speaker)."""
+        self.count += float(count)
+        self.s1 = self.s1 + s1
+        self.s2 = self.s2 + s2
+
+    def apply(self, tokens: np.ndarray) -> np.ndarray:
+        """Tokens in stream order → the same tokens normalised; the statistics move on past them."""
+        out = np.array(tokens, np.float32)
+        if out.shape[0] == 0:
+            return out
+        x = out[:, BASELINE_COLUMNS].astype(np.float64)
+        voiced = out[:, _VOICED] > 0
+        inc1 = x * voiced[:, None]
+        inc2 = inc1 * inc1
+        n: float | np.ndarray
+        if out.shape[0] == 1:  # a stream's usual call: one frame, no running sums needed
+            s1, s2, n = self.s1, self.s2, self.count
+        else:  # statistics before each frame: the state + this chunk's voiced frames before it
+            s1 = self.s1 + (np.cumsum(inc1, axis=0) - inc1)
+            s2 = self.s2 + (np.cumsum(inc2, axis=0) - inc2)
+            n = self.count + (np.cumsum(voiced) - voiced)[:, None]
+        m = s1 / n
+        var = np.maximum(s2 / n - m * m, 1e-4 * self.std**2)
+        z = (x - m) / np.sqrt(var) * self.std + self.mean
+        out[:, BASELINE_COLUMNS] = z
+        out[~voiced, BANDS + 2] = 0.0
+        self.count += float(voiced.sum())
+        self.s1 = self.s1 + inc1.sum(axis=0)
+        self.s2 = self.s2 + inc2.sum(axis=0)
+        return out
+
+
+def voiced_sums(tokens: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """(count, Σx, Σx²) of the voiced frames' ``BASELINE_COLUMNS``: a clip's share of a baseline."""
+    t = np.asarray(tokens)
+    x = t[t[:, _VOICED] > 0][:, BASELINE_COLUMNS].astype(np.float64)
+    return float(x.shape[0]), x.sum(axis=0), (x * x).sum(axis=0)

@@ -3,8 +3,11 @@
 ``EmotionModel``: embedder + bank + discriminator, loaded from ``models/emotion`` (``config.json`` +
 ``model.safetensors``; the speaker adversary is training-only and not shipped).
 
-``EmotionStream`` (one per stream): 16 kHz audio in any chunks → per-frame audio tokens into a 2 s
-ring; every ``update_frames`` frames (200 ms) the window is embedded and read through the bank. Until
+``EmotionStream`` (one per stream): 16 kHz audio in any chunks → per-frame audio tokens, read against
+the session's speaker baseline when the model was trained with one (``features.SpeakerBaseline``, the
+model's ``config.json`` → ``inference`` → ``speaker_baseline``: emotion as a departure from the
+speaker's own voice, the baseline kept for the whole session), into a 2 s ring; every
+``update_frames`` frames (200 ms) the window is embedded and read through the bank. Until
 ``MIN_VOICED_FRAMES`` voiced frames are in the window the estimate is neutral (silence says nothing
 about emotion), and it stays where it was through pauses. ``estimate`` is the latest ``Estimate``.
 
@@ -42,7 +45,7 @@ import numpy as np
 import torch
 
 from stream_avatar.emotion.facs import EMOTIONS
-from stream_avatar.emotion.features import TOKEN_DIM, FrameTokens, clip_tokens
+from stream_avatar.emotion.features import TOKEN_DIM, FrameTokens, SpeakerBaseline, clip_tokens
 from stream_avatar.emotion.model import Discriminator, EmotionConfig, EmotionNet
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "emotion"
@@ -119,6 +122,16 @@ class EmotionModel:
         self.meta = dict(meta or {})
         inference = self.meta.get("inference") or {}
         self.voice_prior = prior_with_neutral(float(inference.get("voice_prior_neutral", UNIFORM_NEUTRAL)))
+        self.baseline_config: dict[str, Any] | None = inference.get("speaker_baseline")
+        if self.baseline_config is not None:
+            self.new_baseline()  # refuse a malformed one at load, not at a stream's first frame
+
+    def new_baseline(self) -> SpeakerBaseline | None:
+        """A fresh speaker baseline (one per session) for a model trained with one, else None."""
+        b = self.baseline_config
+        if b is None:
+            return None
+        return SpeakerBaseline(np.asarray(b["mean"]), np.asarray(b["std"]), float(b["prior_frames"]))
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike[str] | None = None) -> EmotionModel:
@@ -242,6 +255,7 @@ class EmotionStream:
 
     def reset(self) -> None:
         self._tokens_src = FrameTokens()
+        self.baseline = self.model.new_baseline()
         self._ring = np.zeros((0, TOKEN_DIM), np.float32)
         self._frames = 0
         self.estimate = neutral_estimate(self.model.config.latent_dim)
@@ -250,6 +264,8 @@ class EmotionStream:
     def push(self, samples: np.ndarray) -> list[Estimate]:
         """Audio in → the estimate in force at each completed frame (one entry per frame)."""
         tokens = self._tokens_src.push(samples)
+        if self.baseline is not None:
+            tokens = self.baseline.apply(tokens)
         out: list[Estimate] = []
         for tok in tokens:
             self._ring = np.concatenate([self._ring[-(self.window - 1) :], tok[None]])
@@ -261,11 +277,20 @@ class EmotionStream:
         return out
 
 
-def clip_estimates(model: EmotionModel, audio: np.ndarray, prior: np.ndarray | None = None) -> list[Estimate]:
+def clip_estimates(
+    model: EmotionModel,
+    audio: np.ndarray,
+    prior: np.ndarray | None = None,
+    baseline: SpeakerBaseline | None = None,
+) -> list[Estimate]:
     """Offline: the estimate an ``EmotionStream`` (with the same ``prior``; default the model's voice
-    prior) holds at every frame of a whole clip."""
+    prior) holds at every frame of a whole clip. ``baseline``: the session's speaker baseline, moved on
+    past the clip (a later clip of the same session continues it); default a fresh one."""
     prior = model.voice_prior if prior is None else np.asarray(prior, np.float64)
     tokens = clip_tokens(audio)
+    baseline = baseline if baseline is not None else model.new_baseline()
+    if baseline is not None:
+        tokens = baseline.apply(tokens)
     cfg = model.config
     ends = [e for e in range(cfg.update_frames, tokens.shape[0] + 1, cfg.update_frames)]
     ends = [e for e in ends if _voiced_enough(tokens[max(0, e - cfg.window_frames) : e])]

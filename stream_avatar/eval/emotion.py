@@ -6,7 +6,10 @@ Report (``benchmarks/results/emotion_eval.{json,md}`` + plots):
   held-out language (``test_language``), per synthesizer too. The prediction of an utterance is the
   estimate in force at its last frame (the 2 s window before it, exactly what a stream shows then),
   read with the training prior (uniform, as the balanced test sets are drawn) and, beside it, with
-  the model's voice prior (what a stream uses; see ``emotion.inference``);
+  the model's voice prior (what a stream uses; see ``emotion.inference``). Each held-out speaker is
+  one session, utterances in the dataset's order, so a model's speaker baseline
+  (``features.SpeakerBaseline``) has heard the speaker's earlier utterances, as a live session has;
+  ``accuracy_cold`` reads every utterance as a session's first;
 - the discriminator's accuracy on generated motion: the learned driver's mouth + idle life + the
   emotion layer driven by the inferred emotion (``auto``), in 1.6 s windows, against the utterance's
   label; beside it the discriminator on the data engine's own face tracks;
@@ -15,11 +18,13 @@ Report (``benchmarks/results/emotion_eval.{json,md}`` + plots):
   the window's mean audio tokens (how much speaker information the embedding removed);
 - the prototype similarity matrix of the bank (cosine between emotions' mean prototypes; plot);
 - on the real-speech set (neutral narration and prompts): the share of frames where a non-neutral
-  emotion dominates, with the voice prior (what a stream shows) and with the training prior.
+  emotion dominates, with the voice prior (what a stream shows) and with the training prior; every
+  clip a session of its own (a cold baseline).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from stream_avatar.emotion.facs import EMOTIONS
+from stream_avatar.emotion.features import SpeakerBaseline
 from stream_avatar.emotion.inference import UNIFORM_NEUTRAL, EmotionModel, clip_estimates, prior_with_neutral
 from stream_avatar.motion import rig
 
@@ -54,14 +60,20 @@ def _utterances(data_dirs: Sequence[str | Path], split: str, limit: int) -> list
 
 
 def generated_rigs(
-    model: EmotionModel, audio: np.ndarray, motion_model: Any, seed: int = 0, spec: str = "auto"
+    model: EmotionModel,
+    audio: np.ndarray,
+    motion_model: Any,
+    seed: int = 0,
+    spec: str = "auto",
+    baseline: SpeakerBaseline | None = None,
 ) -> np.ndarray:
-    """What the engine would show (without pixels) for a clip with emotion ``spec``: (frames, RIG)."""
+    """What the engine would show (without pixels) for a clip with emotion ``spec``: (frames, RIG).
+    ``baseline``: the session's speaker baseline before the clip (moved on past it; default fresh)."""
     from stream_avatar.emotion.facs import EmotionLayer, parse
     from stream_avatar.motion.idle import IdleLife, combine
     from stream_avatar.motion.learned import LearnedMouthDriver
 
-    estimates = clip_estimates(model, audio)
+    estimates = clip_estimates(model, audio, baseline=baseline)
     driver = LearnedMouthDriver(model=motion_model)
     frames = list(driver.push(audio)) + list(driver.flush())
     idle = IdleLife(fps=FPS, seed=seed)
@@ -97,17 +109,26 @@ def evaluate_emotion(
     probe_rows: list[tuple[str, np.ndarray, np.ndarray, int]] = []  # speaker, mu, mean tokens, utt
     for split in ("test_speaker", "test_language"):
         utts = _utterances(data_dirs, split, per_split)
-        ys, preds, preds_voice, groups = [], [], [], []
+        ys, preds, preds_voice, preds_cold, groups = [], [], [], [], []
         uniform = prior_with_neutral(UNIFORM_NEUTRAL)
         disc_gen, disc_track, disc_op = [], [], []
+        sessions: dict[str, SpeakerBaseline | None] = {}
         for i, utt in enumerate(utts):
             rec = utt.record
             y = EMOTIONS.index(rec.get("emotion", "neutral"))
-            est = clip_estimates(model, utt.audio, prior=uniform)
+            # One session per speaker, its utterances in the dataset's order: the speaker baseline of
+            # a model trained with one has heard that speaker's earlier utterances (a live session
+            # hears its speaker all along); ``cold`` reads each utterance as a session's first.
+            speaker = str(rec["speaker"])
+            session = sessions.setdefault(speaker, model.new_baseline())
+            before = copy.deepcopy(session)
+            est = clip_estimates(model, utt.audio, prior=uniform, baseline=session)
             if not est:
                 continue
+            cold = est if session is None else clip_estimates(model, utt.audio, prior=uniform)
             ys.append(y)
             preds.append(int(np.argmax(est[-1].probs)))
+            preds_cold.append(int(np.argmax(cold[-1].probs)))
             preds_voice.append(int(np.argmax(est[-1].probs * model.voice_prior)))
             groups.append(str(rec.get("synthesizer", "espeak")))
             if split == "test_speaker":
@@ -115,7 +136,7 @@ def evaluate_emotion(
                 n = min(cfg.window_frames, tokens.shape[0])
                 probe_rows.append((str(rec["speaker"]), est[-1].mu, tokens[-n:].mean(axis=0), i))
             # Discriminator: on generated motion (auto) and on the data engine's face track.
-            gen = generated_rigs(model, utt.audio, motion, seed=i)
+            gen = generated_rigs(model, utt.audio, motion, seed=i, baseline=copy.deepcopy(before))
             for w in _windows(gen, cfg.disc_frames, cfg.disc_frames // 2)[-2:]:
                 disc_gen.append((y, w))
             track = np.asarray(utt.targets, np.float32)
@@ -123,7 +144,7 @@ def evaluate_emotion(
                 disc_track.append((y, w))
             # The same pipeline with the true label chosen by an operator (the generator's part alone).
             op_spec = f"{EMOTIONS[y]}:{max(0.3, float(rec.get('intensity', 1.0))):.2f}" if y else "neutral"
-            op = generated_rigs(model, utt.audio, motion, seed=i, spec=op_spec)
+            op = generated_rigs(model, utt.audio, motion, seed=i, spec=op_spec, baseline=before)
             for w in _windows(op, cfg.disc_frames, cfg.disc_frames // 2)[-2:]:
                 disc_op.append((y, w))
         y_arr, p_arr = np.array(ys), np.array(preds)
@@ -137,6 +158,8 @@ def evaluate_emotion(
             "accuracy_voice_prior": round(float(np.mean(np.array(preds_voice) == y_arr)), 4)
             if y_arr.size
             else None,
+            "accuracy_cold": round(float(np.mean(np.array(preds_cold) == y_arr)), 4) if y_arr.size else None,
+            "speaker_baseline": model.baseline_config is not None,
             "per_synthesizer": per_synth,
             "confusion": _confusion(y_arr, p_arr),
         }
@@ -267,12 +290,14 @@ def write_report(report: dict[str, Any], out_dir: str | Path, name: str = "emoti
         "# Emotion evaluation",
         "",
         "Audio only, the estimate at each utterance's last frame "
-        f"({report['window_s']:.0f} s causal window).",
+        f"({report['window_s']:.0f} s causal window). One session per held-out speaker, its utterances "
+        "in the dataset's order (the model's speaker baseline, where it has one, has heard the "
+        "speaker's earlier utterances); 'cold': every utterance read as a session's first.",
         "",
-        "| split | utterances | accuracy (training prior) | accuracy (voice prior) | per synthesizer "
-        "| discriminator on generated motion (auto) | on generated motion (label as operator) "
-        "| on face tracks |",
-        "|---|---|---|---|---|---|---|---|",
+        "| split | utterances | accuracy (training prior) | accuracy (voice prior) | cold (training prior) "
+        "| per synthesizer | discriminator on generated motion (auto) "
+        "| on generated motion (label as operator) | on face tracks |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for split in ("test_speaker", "test_language"):
         e = report.get(split)
@@ -283,8 +308,9 @@ def write_report(report: dict[str, Any], out_dir: str | Path, name: str = "emoti
         d_track = e.get("discriminator_tracks", float("nan"))
         d_op = e.get("discriminator_generated_operator", float("nan"))
         acc_voice = e.get("accuracy_voice_prior", float("nan"))
+        acc_cold = e.get("accuracy_cold", float("nan"))
         lines.append(
-            f"| {split} | {e['utterances']} | {e['accuracy']:.3f} | {acc_voice:.3f} "
+            f"| {split} | {e['utterances']} | {e['accuracy']:.3f} | {acc_voice:.3f} | {acc_cold:.3f} "
             f"| {synth} | {d_gen:.3f} | {d_op:.3f} "
             f"| {d_track:.3f} |"
         )

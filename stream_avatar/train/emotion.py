@@ -27,7 +27,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from stream_avatar.data import visemes
 from stream_avatar.emotion.facs import EMOTIONS
-from stream_avatar.emotion.features import tokens_from_rows
+from stream_avatar.emotion.features import SpeakerBaseline, tokens_from_rows, voiced_sums
 from stream_avatar.emotion.model import (
     N_CUES,
     Discriminator,
@@ -175,10 +175,65 @@ class TrainConfig:
     p_fitted: float = 0.7  # share of visual windows seen through the measured fitter response
     checkpoint_every: int = 250
     eval_every: int = 500
+    # The speaker's baseline (``features.SpeakerBaseline``; 0: off): the weight of the population's
+    # statistics in voiced frames (250: 10 s of voice). A training window is normalised as a session
+    # would: after 0 (``p_cold``) or 1 .. ``baseline_history`` earlier utterances of the same speaker.
+    baseline_frames: float = 250.0
+    baseline_history: int = 24
+    p_cold: float = 0.15
     # Batches draw the eight emotions equally often. Recorded speech in the data (the Asterisk prompts:
     # real, read, neutral) takes this share of the neutral draws: it anchors "neutral" on a human
     # voice, where synthetic voices alone leave the real-speech domain unseen.
     recorded_neutral_share: float = 0.5
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """What a batch needs to normalise windows by their speaker's baseline."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    prior_frames: float
+    sums: list[tuple[float, np.ndarray, np.ndarray]]  # per clip (``voiced_sums``)
+    by_speaker: dict[str, np.ndarray]  # speaker -> clip indices
+
+    @classmethod
+    def of(cls, clips: Sequence[Clip], prior_frames: float) -> Baselines:
+        """Population statistics: every clip's voiced frames, each clip weighted equally."""
+        sums = [voiced_sums(c.tokens) for c in clips]
+        voiced = [s for s in sums if s[0] > 0]
+        mean = np.mean([s1 / n for n, s1, _ in voiced], axis=0)
+        sq = np.mean([s2 / n for n, _, s2 in voiced], axis=0)
+        std = np.sqrt(np.maximum(sq - mean * mean, 1e-6))
+        by: dict[str, list[int]] = {}
+        for i, c in enumerate(clips):
+            by.setdefault(c.speaker, []).append(i)
+        return cls(mean, std, prior_frames, sums, {k: np.array(v) for k, v in sorted(by.items())})
+
+    def new(self) -> SpeakerBaseline:
+        return SpeakerBaseline(self.mean, self.std, self.prior_frames)
+
+    def config(self) -> dict[str, Any]:
+        """The model config's ``inference.speaker_baseline``."""
+        return {
+            "prior_frames": self.prior_frames,
+            "mean": [round(float(v), 6) for v in self.mean],
+            "std": [round(float(v), 6) for v in self.std],
+        }
+
+    def session_tokens(
+        self, clips: Sequence[Clip], k: int, end: int, cfg: TrainConfig, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Clip ``k``'s tokens [0, end) normalised as in a session that heard some of the speaker's
+        other utterances first (none with ``p_cold``)."""
+        base = self.new()
+        others = self.by_speaker[clips[k].speaker]
+        others = others[others != k]
+        if others.size and rng.random() >= cfg.p_cold:
+            n = int(rng.integers(1, min(cfg.baseline_history, others.size) + 1))
+            for j in rng.choice(others, n, replace=False):
+                base.add(*self.sums[int(j)])
+        return base.apply(clips[k].tokens[:end])
 
 
 def _window(n: int, length: int, rng: np.random.Generator, min_frames: int) -> tuple[int, int]:
@@ -226,6 +281,7 @@ def make_batch(
     step: int,
     response: Any = None,
     weights: np.ndarray | None = None,
+    baselines: Baselines | None = None,
 ) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng([cfg.seed, step, 1])
     t = ecfg.window_frames
@@ -250,7 +306,8 @@ def make_batch(
         use_v = u >= cfg.p_audio_only and c.has_rigs
         use_a = use_a or not use_v
         if use_a:
-            audio[i, t - n :] = c.tokens[a:e]
+            tok = c.tokens if baselines is None else baselines.session_tokens(clips, int(k), e, cfg, rng)
+            audio[i, t - n :] = tok[a:e]
             amask[i, t - n :] = True
         if use_v:
             if response is not None and rng.random() < cfg.p_fitted:
@@ -326,6 +383,17 @@ def validation_windows(clips: Sequence[Clip], window: int) -> tuple[np.ndarray, 
     return tokens, lens, np.array([c.emotion for c in clips], np.int64)
 
 
+def session_clips(model: Any, clips: Sequence[Clip]) -> list[Clip]:
+    """Clips with their tokens normalised by the model's speaker baseline as one session per speaker
+    hears them, in the given order (unchanged for a model without a baseline)."""
+    sessions: dict[str, Any] = {}
+    out = []
+    for c in clips:
+        base = sessions.setdefault(c.speaker, model.new_baseline())
+        out.append(c if base is None else replace(c, tokens=base.apply(c.tokens)))
+    return out
+
+
 def validator(data_dirs: Sequence[str | os.PathLike[str]]) -> Callable[[Any], dict[str, float]]:
     """Audio-only accuracy on the synthetic val split (last 2 s of each utterance), for the training
     history (recorded prompts are all neutral: they would swamp the figure)."""
@@ -334,7 +402,7 @@ def validator(data_dirs: Sequence[str | os.PathLike[str]]) -> Callable[[Any], di
     def evaluate(model: Any) -> dict[str, float]:
         if not clips:
             return {}
-        tokens, lens, y = validation_windows(clips, model.config.window_frames)
+        tokens, lens, y = validation_windows(session_clips(model, clips), model.config.window_frames)
         est = model.estimate_windows(tokens, lengths=lens)
         pred = np.array([int(np.argmax(e.probs)) for e in est])
         return {"val_acc": round(float(np.mean(pred == y)), 4)}
@@ -457,6 +525,10 @@ def train(
     # removing who they are would remove "neutral" with it.
     speakers = {s: i for i, s in enumerate(sorted({c.speaker for c in clips if c.synthesizer != RECORDED}))}
     weights = sampling_weights(clips, cfg)
+    baselines = Baselines.of(clips, cfg.baseline_frames) if cfg.baseline_frames > 0 else None
+    inference: dict[str, Any] = {"voice_prior_neutral": VOICE_PRIOR_NEUTRAL}
+    if baselines is not None:
+        inference["speaker_baseline"] = baselines.config()
     log(
         f"loaded {len(clips)} train utterances, {len(speakers)} speakers "
         f"in {time.perf_counter() - t_load:.1f} s"
@@ -522,7 +594,7 @@ def train(
             for p in disc.parameters():
                 p.requires_grad_(False)
             net.train()
-            batch = make_batch(clips, cfg, ecfg, speakers, step, response, weights)
+            batch = make_batch(clips, cfg, ecfg, speakers, step, response, weights, baselines)
             loss, parts = loss_fn(net, disc, batch, cfg, (step - cfg.disc_steps) / cfg.steps, table)
             lr = _lr(cfg, step, cfg.disc_steps, total)
         for g in opt.param_groups:
@@ -538,7 +610,7 @@ def train(
             progress(done, total, running)
         if evaluate is not None and done > cfg.disc_steps and (done % cfg.eval_every == 0 or done == total):
             net.eval()
-            scores = evaluate(EmotionModel(net, disc))
+            scores = evaluate(EmotionModel(net, disc, {"inference": inference}))
             entry = {"step": done, **{k: round(v, 4) for k, v in running.items()}, **scores}
             history.append(entry)
             log(json.dumps(entry))
@@ -555,7 +627,7 @@ def train(
     net.eval()
     meta = {
         "train": asdict(cfg),
-        "inference": {"voice_prior_neutral": VOICE_PRIOR_NEUTRAL},
+        "inference": inference,
         "history": history,
         "torch": torch.__version__,
         "train_seconds": round(elapsed + time.perf_counter() - t0, 1),
