@@ -10,11 +10,13 @@ of the label blended in. It is then frozen.
 Every later step trains ``EmotionNet`` on a batch of 2 s windows (right-aligned; shorter at an
 utterance's start, as a stream's first seconds are) with modality dropout (audio only / rigs only /
 both); windows are drawn with each emotion equally often, recorded (real, neutral) speech taking
-``recorded_neutral_share`` of the neutral draws. Loss: emotion cross-entropy on the bank's
-probabilities + intensity + KL of the Gaussian + VQ commitment + the speaker adversary through gradient
-reversal (synthetic speakers) + the rendered voice-quality cues read back from mu (a training-only
-head; voice-quality data) + each learned prior classified as its emotion + the frozen discriminator's
-cross-entropy on the generated expression (speech mouth ⊕ the FACS rig of the predicted emotion).
+``recorded_neutral_share`` of the neutral draws. Audio windows are read against their speaker's
+baseline (``Baselines``) as a session would, after some of the speaker's other utterances or none.
+Loss: emotion cross-entropy on the bank's probabilities + intensity + KL of the Gaussian + VQ
+commitment + the speaker adversary through gradient reversal (synthetic speakers) + the rendered
+voice-quality cues read back from mu (a training-only head; voice-quality data) + each learned prior
+classified as its emotion + the frozen discriminator's cross-entropy on the generated expression
+(speech mouth ⊕ the FACS rig of the predicted emotion).
 
 Checkpoints (model, optimizer, step) every ``checkpoint_every`` steps; a resumed run equals an
 uninterrupted one (batches depend on seed and step only).
@@ -202,6 +204,8 @@ class Baselines:
         """Population statistics: every clip's voiced frames, each clip weighted equally."""
         sums = [voiced_sums(c.tokens) for c in clips]
         voiced = [s for s in sums if s[0] > 0]
+        if not voiced:
+            raise ValueError("no voiced speech in the training utterances: nothing to take a baseline from")
         mean = np.mean([s1 / n for n, s1, _ in voiced], axis=0)
         sq = np.mean([s2 / n for n, _, s2 in voiced], axis=0)
         std = np.sqrt(np.maximum(sq - mean * mean, 1e-6))
