@@ -12,7 +12,7 @@ The fit needs the person's neutral face. Given a photo of the clip's person at r
 otherwise the default portrait's neutral landmarks stand in (the similarity and pose of the fit absorb
 size, position and turn). With the stand-in, the person's own resting face reads as an expression:
 the default portrait smiles broadly, so a closed mouth reads as a frown (``benchmarks/
-bench_reference.py``: every emotion rendered on six portraits reads back right in 26 / 48 clips with
+bench_reference.py``: every emotion rendered on six portraits reads back right in 27 / 48 clips with
 the stand-in, 36 / 48 with each portrait's own photo). Only the first ``MAX_SECONDS`` are read.
 
 This lives in capture/ (with the fitter, which reads landmarks and the renderer's basis), so that
