@@ -134,7 +134,7 @@ def evaluate_emotion(
             if split == "test_speaker":
                 tokens = clip_tokens(utt.audio)
                 n = min(cfg.window_frames, tokens.shape[0])
-                probe_rows.append((str(rec["speaker"]), est[-1].mu, tokens[-n:].mean(axis=0), i))
+                probe_rows.append((speaker, est[-1].mu, tokens[-n:].mean(axis=0), i))
             # Discriminator: on generated motion (auto) and on the data engine's face track.
             gen = generated_rigs(model, utt.audio, motion, seed=i, baseline=copy.deepcopy(before))
             for w in _windows(gen, cfg.disc_frames, cfg.disc_frames // 2)[-2:]:
